@@ -1,0 +1,135 @@
+"""Decoding and preprocessing of fundus photographs: pure functions over bytes and arrays.
+
+Training, evaluation, the benchmark and the worker all call these, so an image is
+prepared identically wherever it is graded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_SIDE = 32
+FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
+_CAFFE_MEANS_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ImageDecodeError(Exception):
+    """An image that cannot be graded for a reason the submitter can act on."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
+
+    ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding, which
+    is far cheaper than decoding 12 megapixels and resizing afterwards.
+    """
+    if not data:
+        raise ImageDecodeError("empty_file", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    "too_many_pixels",
+                    f"{width}x{height} exceeds the limit of {max_pixels} pixels",
+                )
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not_an_image", "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError("corrupt_image", f"the image data is damaged: {exc}") from exc
+    if min(image.size) < MIN_SIDE:
+        raise ImageDecodeError(
+            "too_small", f"{image.size[0]}x{image.size[1]} is below {MIN_SIDE} pixels a side"
+        )
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode (grayscale, 16-bit, palette, alpha, CMYK) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) or 1.0
+        scaled = np.clip(array * (255.0 / max(peak, 255.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """Bounding box of the bright fundus disc; the whole image when none stands out."""
+    small = image.convert("L")
+    small.thumbnail((256, 256))
+    mask = np.asarray(small) > FIELD_OF_VIEW_THRESHOLD
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size < 8 or cols.size < 8:
+        return (0, 0, image.width, image.height)
+    scale_x = image.width / small.width
+    scale_y = image.height / small.height
+    return (
+        int(cols[0] * scale_x),
+        int(rows[0] * scale_y),
+        min(image.width, int(np.ceil((cols[-1] + 1) * scale_x))),
+        min(image.height, int(np.ceil((rows[-1] + 1) * scale_y))),
+    )
+
+
+def square_fundus(image: Image.Image, size: int) -> np.ndarray:
+    """Crop to the field of view, pad to a centred square on black, resize: uint8 HxWx3."""
+    cropped = image.crop(field_of_view_box(image))
+    side = max(cropped.size)
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(cropped, ((side - cropped.width) // 2, (side - cropped.height) // 2))
+    resized = canvas.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalise(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Scale uint8 RGB pixels (…xHxWx3) the way the backbone was trained: float32 out."""
+    x = pixels.astype(np.float32)
+    if mode == "rescale":
+        return x / 255.0
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "caffe":
+        return x[..., ::-1] - _CAFFE_MEANS_BGR
+    if mode == "torch":
+        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+    if mode == "raw":
+        return x
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
+
+
+def prepare_pixels(data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes to the model's uint8 square input; raises :class:`ImageDecodeError`."""
+    image = decode_image(data, max_pixels=max_pixels, draft_size=size * 2)
+    return square_fundus(image, size)

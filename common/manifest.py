@@ -1,0 +1,116 @@
+"""The model manifest: everything the worker must know to serve a Keras file besides the file.
+
+A ``manifest.json`` sits next to each ``.keras`` file. It names the model, pins the file's
+SHA-256 (checked at load, so a result's provenance is exact), and says how to feed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+REFERABLE_MIN_GRADE = 2
+MANIFEST_NAME = "manifest.json"
+PREPROCESSING_MODES = ("rescale", "tf", "caffe", "torch", "raw")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, or does not match its model file."""
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What a model file needs to be served and traced."""
+
+    name: str
+    version: str
+    sha256: str
+    input_size: int
+    preprocessing: str
+    class_names: tuple[str, ...] = GRADE_NAMES
+    referable_threshold: float = 0.5
+    preprocessing_version: str = "1"
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.preprocessing not in PREPROCESSING_MODES:
+            raise ManifestError(
+                f"preprocessing must be one of {PREPROCESSING_MODES}, not {self.preprocessing!r}"
+            )
+        if len(self.class_names) != len(GRADE_NAMES):
+            raise ManifestError("class_names must list the five ICDR grades")
+        if not 32 <= self.input_size <= 1024:
+            raise ManifestError(f"input_size {self.input_size} is outside 32..1024")
+        if not 0.0 < self.referable_threshold < 1.0:
+            raise ManifestError("referable_threshold must lie strictly between 0 and 1")
+
+    def to_json(self) -> str:
+        """Stable, human-readable JSON."""
+        data = asdict(self)
+        data["class_names"] = list(self.class_names)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        """Build from parsed JSON, naming the missing or unknown key on error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ManifestError(f"unknown manifest keys: {sorted(unknown)}")
+        try:
+            data = {**data, "class_names": tuple(data.get("class_names", GRADE_NAMES))}
+            return cls(**data)
+        except TypeError as exc:
+            raise ManifestError(f"invalid manifest: {exc}") from exc
+
+
+def manifest_path_for(model_path: Path) -> Path:
+    """The manifest lives beside the model file."""
+    return model_path.with_name(MANIFEST_NAME)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(model_path: Path) -> ModelManifest:
+    """Read the manifest beside ``model_path`` without touching the model file."""
+    path = manifest_path_for(model_path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"no manifest at {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    return ModelManifest.from_dict(data)
+
+
+def load_verified_manifest(model_path: Path) -> ModelManifest:
+    """Read the manifest and check the model file's SHA-256 against it."""
+    manifest = read_manifest(model_path)
+    if not model_path.is_file():
+        raise ManifestError(f"model file {model_path} does not exist")
+    actual = file_sha256(model_path)
+    if actual != manifest.sha256:
+        raise ManifestError(
+            f"{model_path} has SHA-256 {actual}, but its manifest says {manifest.sha256}"
+        )
+    return manifest
+
+
+def write_manifest(model_path: Path, manifest: ModelManifest) -> Path:
+    """Write the manifest beside the model file; returns its path."""
+    path = manifest_path_for(model_path)
+    path.write_text(manifest.to_json())
+    return path

@@ -1,0 +1,188 @@
+"""Persistence only: the typed SQLAlchemy 2 tables. No URLs, serialisation or enqueueing here."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.ids import uuid7
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp we write is UTC."""
+    return datetime.now(UTC)
+
+
+class ImageState(enum.StrEnum):
+    """Life of one image. Terminal states: graded, ungradable, failed."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    GRADED = "graded"
+    UNGRADABLE = "ungradable"
+    FAILED = "failed"
+
+
+TERMINAL_IMAGE_STATES = (ImageState.GRADED, ImageState.UNGRADABLE, ImageState.FAILED)
+PENDING_IMAGE_STATES = (ImageState.QUEUED, ImageState.PROCESSING)
+
+
+class BatchState(enum.StrEnum):
+    """Life of a batch; ``open`` accepts more images until closed."""
+
+    OPEN = "open"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    """A portable enum column: VARCHAR plus a CHECK constraint, stable across dialects."""
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+UuidPk = Annotated[uuid.UUID, mapped_column(primary_key=True, default=uuid7)]
+Timestamp = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow)]
+OptionalTimestamp = Annotated[datetime | None, mapped_column(DateTime(timezone=True))]
+Sha256 = Annotated[str, mapped_column(String(64))]
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so Alembic constraint names are stable."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON}
+
+
+class Programme(Base):
+    """A screening programme: the tenant that owns keys, batches and images."""
+
+    __tablename__ = "programmes"
+
+    id: Mapped[UuidPk]
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[Timestamp]
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored, the prefix identifies it in listings and logs."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[UuidPk]
+    programme_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("programmes.id", ondelete="CASCADE"), index=True
+    )
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[Sha256] = mapped_column(unique=True)
+    created_at: Mapped[Timestamp]
+    revoked_at: Mapped[OptionalTimestamp]
+
+
+class Batch(Base):
+    """A submission of images by one programme; its state moves forward only."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_programme_id_id", "programme_id", "id"),)
+
+    id: Mapped[UuidPk]
+    programme_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("programmes.id"))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[BatchState] = mapped_column(_enum(BatchState, "batch_state"))
+    image_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[Timestamp]
+    closed_at: Mapped[OptionalTimestamp]
+    completed_at: Mapped[OptionalTimestamp]
+
+
+class Image(Base):
+    """One submitted photograph. The bytes live in the content-addressed store under ``sha256``."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_batch_id_state", "batch_id", "state"),
+        Index("ix_images_batch_id_id", "batch_id", "id"),
+        Index("ix_images_programme_id_id", "programme_id", "id"),
+        CheckConstraint("laterality IN ('L', 'R')", name="laterality"),
+    )
+
+    id: Mapped[UuidPk]
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    programme_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("programmes.id"))
+    sha256: Mapped[Sha256] = mapped_column(index=True)
+    storage_path: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(255))
+    patient_id: Mapped[str | None] = mapped_column(String(128))
+    laterality: Mapped[str | None] = mapped_column(String(1))
+    state: Mapped[ImageState] = mapped_column(_enum(ImageState, "image_state"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[Timestamp]
+    started_at: Mapped[OptionalTimestamp]
+    finished_at: Mapped[OptionalTimestamp]
+
+
+class Result(Base):
+    """A grade for one image by one model file; unique per (image, model SHA-256)."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_sha256", name="uq_results_image_id_model_sha256"),
+        Index("ix_results_batch_id_grade", "batch_id", "grade"),
+        CheckConstraint("grade BETWEEN 0 AND 4", name="grade_range"),
+    )
+
+    id: Mapped[UuidPk]
+    image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    grade: Mapped[int] = mapped_column(SmallInteger)
+    grade_name: Mapped[str] = mapped_column(String(32))
+    probabilities: Mapped[list[float]]
+    referable: Mapped[bool]
+    referable_probability: Mapped[float] = mapped_column(Float)
+    referable_threshold: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(50))
+    model_sha256: Mapped[Sha256]
+    inference_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[Timestamp]

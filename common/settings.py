@@ -1,0 +1,73 @@
+"""One frozen settings object, read once from ``RETINAQ_*`` environment variables.
+
+The defaults form the *embedded profile* (a SQLite file and a file-backed broker under
+``./var``) so the system runs with nothing installed; pointing ``RETINAQ_DATABASE_URL`` at
+PostgreSQL and ``RETINAQ_BROKER_URL`` at Redis gives the production profile, same code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = PROJECT_ROOT / "models" / "retinaq-small" / "model.keras"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a RetinaQ process."""
+
+    model_config = SettingsConfigDict(env_prefix="RETINAQ_", frozen=True, extra="ignore")
+
+    var_dir: Path = Field(default=Path("var"), description="Root of the embedded profile's files.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default a SQLite file.")
+    broker_url: str = Field(default="", description="Celery broker URL; default a folder broker.")
+    storage_dir: Path | None = Field(default=None, description="Content-addressed image store.")
+    model_path: Path = Field(default=BUNDLED_MODEL, description="Keras model; manifest beside it.")
+
+    queue_name: str = "retinaq.grading"
+    grading_batch_size: int = Field(default=32, ge=1, le=1024)
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+
+    max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_files_per_request: int = Field(default=1000, ge=1)
+    max_metadata_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=120_000_000, ge=1)
+    page_size_default: int = Field(default=100, ge=1)
+    page_size_max: int = Field(default=1000, ge=1)
+    status_retry_after_s: int = Field(default=5, ge=1)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        """Derive the embedded profile's locations from ``var_dir`` when not set explicitly."""
+        var = self.var_dir.resolve()
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{var / 'retinaq.sqlite3'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"filesystem://{var / 'broker'}")
+        if self.storage_dir is None:
+            object.__setattr__(self, "storage_dir", var / "images")
+        return self
+
+    @property
+    def image_store(self) -> Path:
+        """Where image bytes live (always set after validation)."""
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when running on SQLite and the folder broker (the demo's profile)."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

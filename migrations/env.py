@@ -1,0 +1,50 @@
+"""Alembic environment: the URL comes from the caller's config or from RETINAQ_* settings."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import pool
+
+from common.db import make_engine
+from common.settings import get_settings
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+# Autogenerate compares against the models; migrations themselves use op/sa only.
+target_metadata = None
+
+
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    return url or get_settings().database_url
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL without a connection (``alembic upgrade head --sql``)."""
+    context.configure(url=_database_url(), literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Apply migrations over a real connection."""
+    engine = make_engine(_database_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
