@@ -1,0 +1,62 @@
+"""The thin submission API: authenticate, stream images to storage, record, enqueue."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, request
+
+from api import batches, health, images
+from api.auth import authenticate
+from api.errors import register_error_handlers
+from api.state import ApiState, close_db_session
+from api.uploads import StreamingRequest
+from common.db import engine_from_settings, make_sessionmaker
+from common.queue import make_celery
+from common.schema import assert_schema_at_head
+from common.settings import Settings
+from common.storage import ImageStore
+
+
+def create_app(settings: Settings) -> Flask:
+    """Application factory; refuses to start unless the database schema is at head."""
+    app = Flask(__name__)
+    app.request_class = StreamingRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_FORM_PARTS=settings.max_files_per_request + 16,
+        MAX_FORM_MEMORY_SIZE=settings.max_metadata_bytes,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    engine = engine_from_settings(settings)
+    assert_schema_at_head(engine)
+    app.extensions["retinaq"] = ApiState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        store=ImageStore(settings.image_store),
+        celery=make_celery(settings, name="retinaq-api"),
+    )
+
+    v1 = Blueprint("v1", __name__, url_prefix="/v1")
+    v1.before_request(authenticate)
+    v1.register_blueprint(batches.bp)
+    v1.register_blueprint(images.bp)
+    app.register_blueprint(v1)
+    app.register_blueprint(health.bp)
+
+    register_error_handlers(app)
+    app.teardown_appcontext(close_db_session)
+    app.teardown_request(_discard_uncommitted_uploads)
+    logging.getLogger("api").setLevel(settings.log_level)
+    return app
+
+
+def _discard_uncommitted_uploads(_exc: BaseException | None = None) -> None:
+    """Spooled uploads that never made it into the store are removed with the request."""
+    if isinstance(request, StreamingRequest):
+        request.discard_spools()
+
+
+__all__ = ["create_app"]

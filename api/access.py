@@ -1,0 +1,92 @@
+"""Data access scoped to one programme: no view can reach another programme's rows.
+
+Every query an API request runs goes through :class:`ProgrammeScope`, which filters by the
+authenticated programme, so isolation does not depend on each view remembering to check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Row, case, func, select
+from sqlalchemy.orm import Session
+
+from common.models import Batch, Image, ImageState, Result
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """Aggregates behind a batch status: counts per image state and per grade."""
+
+    state_counts: dict[str, int]
+    grade_counts: dict[int, int]
+    referable_count: int
+
+
+class ProgrammeScope:
+    """The rows one programme may see."""
+
+    def __init__(self, session: Session, programme_id: uuid.UUID) -> None:
+        self.session = session
+        self.programme_id = programme_id
+
+    def batch(self, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch | None:
+        """One of this programme's batches."""
+        query = select(Batch).where(Batch.id == batch_id, Batch.programme_id == self.programme_id)
+        if for_update:
+            query = query.with_for_update()
+        return self.session.scalar(query)
+
+    def image_with_result(self, image_id: uuid.UUID) -> Row[tuple[Image, Result | None]] | None:
+        """One of this programme's images and its result, if graded."""
+        return self.session.execute(
+            select(Image, Result)
+            .outerjoin(Result, Result.image_id == Image.id)
+            .where(Image.id == image_id, Image.programme_id == self.programme_id)
+        ).first()
+
+    def batches_page(self, after: uuid.UUID | None, limit: int) -> Sequence[Batch]:
+        """This programme's batches, newest id last, ``limit + 1`` rows to detect a next page."""
+        query = select(Batch).where(Batch.programme_id == self.programme_id)
+        if after is not None:
+            query = query.where(Batch.id > after)
+        return self.session.scalars(query.order_by(Batch.id).limit(limit + 1)).all()
+
+    def images_page(
+        self, batch: Batch, after: uuid.UUID | None, limit: int
+    ) -> Sequence[Row[tuple[Image, Result | None]]]:
+        """A batch's images with their results, in submission order, ``limit + 1`` rows."""
+        query = (
+            select(Image, Result)
+            .outerjoin(Result, Result.image_id == Image.id)
+            .where(Image.batch_id == batch.id, Image.programme_id == self.programme_id)
+        )
+        if after is not None:
+            query = query.where(Image.id > after)
+        return self.session.execute(query.order_by(Image.id).limit(limit + 1)).all()
+
+    def batch_summary(self, batch: Batch) -> BatchSummary:
+        """Two indexed aggregates, independent of how often clients poll."""
+        state_counts = {state.value: 0 for state in ImageState}
+        for state, count in self.session.execute(
+            select(Image.state, func.count())
+            .where(Image.batch_id == batch.id)
+            .group_by(Image.state)
+        ):
+            state_counts[ImageState(state).value] = count
+        grade_counts = dict.fromkeys(range(5), 0)
+        referable = 0
+        for grade, count, referable_in_grade in self.session.execute(
+            select(
+                Result.grade,
+                func.count(),
+                func.sum(case((Result.referable, 1), else_=0)),
+            )
+            .where(Result.batch_id == batch.id)
+            .group_by(Result.grade)
+        ):
+            grade_counts[int(grade)] = count
+            referable += int(referable_in_grade or 0)
+        return BatchSummary(state_counts, grade_counts, referable)

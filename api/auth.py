@@ -1,0 +1,40 @@
+"""Bearer-key authentication for every ``/v1`` route."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import g, request
+
+from api.access import ProgrammeScope
+from api.errors import ApiError
+from api.state import db_session
+from common.apikeys import programme_for_key
+
+
+def authenticate() -> None:
+    """``before_request`` hook: resolve the key to its programme or answer 401."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send 'Authorization: Bearer <api key>'",
+            {"WWW-Authenticate": 'Bearer realm="retinaq"'},
+        )
+    programme_id = programme_for_key(db_session(), secret.strip())
+    if programme_id is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "the API key is unknown or revoked",
+            {"WWW-Authenticate": 'Bearer realm="retinaq", error="invalid_token"'},
+        )
+    g.programme_id = programme_id
+
+
+def scope() -> ProgrammeScope:
+    """Data access limited to the authenticated programme."""
+    programme_id: uuid.UUID = g.programme_id
+    return ProgrammeScope(db_session(), programme_id)

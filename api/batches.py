@@ -1,0 +1,208 @@
+"""``/v1/batches``: submit images, follow a batch, read its results."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.auth import scope
+from api.errors import ApiError, not_found
+from api.pagination import decode_cursor, encode_cursor, parse_limit
+from api.responses import batch_brief, batch_status, image_record, result_row, self_url
+from api.state import api_state, db_session
+from api.submission import enqueue_grading, record_images
+from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
+from common.batch_progress import settle_batch
+from common.models import Batch, BatchState, utcnow
+
+bp = Blueprint("batches", __name__)
+
+FINISHED_BATCH_STATES = (BatchState.COMPLETED, BatchState.COMPLETED_WITH_ERRORS)
+MAX_REFERENCE_LENGTH = 200
+
+
+def _reference(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or len(raw) > MAX_REFERENCE_LENGTH:
+        raise ApiError(
+            422, "invalid_reference", f"reference must be text of at most {MAX_REFERENCE_LENGTH}"
+        )
+    return raw
+
+
+def _owned_batch(batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
+    batch = scope().batch(batch_id, for_update=for_update)
+    if batch is None:
+        raise not_found("batch")
+    return batch
+
+
+def _created(body: dict[str, Any], status: int, batch: Batch) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Location"] = url_for(
+        "v1.batches.get_batch", batch_id=batch.id, _external=True
+    )
+    return response
+
+
+@bp.post("/batches")
+def create_batch() -> Response:
+    """Multipart: a closed batch graded at once (202). JSON ``{"open": true}``: an open batch."""
+    if request.mimetype == "application/json":
+        return _create_open_batch()
+    state = api_state()
+    req: StreamingRequest = request  # type: ignore[assignment]
+    files = uploaded_images(req, state.settings.max_files_per_request)
+    metadata = uploaded_metadata(req, state.settings.max_metadata_bytes)
+    session = db_session()
+    now = utcnow()
+    batch = Batch(
+        programme_id=scope().programme_id,
+        reference=_reference(request.form.get("reference")),
+        state=BatchState.QUEUED,
+        image_count=0,
+        created_at=now,
+        closed_at=now,
+    )
+    session.add(batch)
+    session.flush()
+    image_ids = record_images(session, state, batch, files, metadata)
+    session.commit()
+    session.refresh(batch)
+    enqueue_grading(state, image_ids)
+    return _created(batch_brief(batch), 202, batch)
+
+
+def _create_open_batch() -> Response:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"reference", "open"})
+    if unknown:
+        raise ApiError(422, "unknown_fields", f"unknown field(s): {', '.join(unknown)}")
+    if body.get("open") is not True:
+        raise ApiError(
+            422,
+            "open_required",
+            'a JSON body creates an open batch and must say "open": true; '
+            "send multipart/form-data to submit images at once",
+        )
+    batch = Batch(
+        programme_id=scope().programme_id,
+        reference=_reference(body.get("reference")),
+        state=BatchState.OPEN,
+        image_count=0,
+    )
+    session = db_session()
+    session.add(batch)
+    session.commit()
+    return _created(batch_brief(batch), 201, batch)
+
+
+@bp.post("/batches/<uuid:batch_id>/images")
+def add_images(batch_id: uuid.UUID) -> Response:
+    """Add images to an open batch; they are enqueued at once (202)."""
+    state = api_state()
+    req: StreamingRequest = request  # type: ignore[assignment]
+    files = uploaded_images(req, state.settings.max_files_per_request)
+    metadata = uploaded_metadata(req, state.settings.max_metadata_bytes)
+    session = db_session()
+    batch = _owned_batch(batch_id, for_update=True)
+    if batch.state != BatchState.OPEN:
+        raise ApiError(409, "batch_closed", "the batch is closed; create a new batch")
+    image_ids = record_images(session, state, batch, files, metadata)
+    session.commit()
+    session.refresh(batch)
+    enqueue_grading(state, image_ids)
+    body = {**batch_brief(batch), "added": len(image_ids)}
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = body["links"]["self"]
+    return response
+
+
+@bp.post("/batches/<uuid:batch_id>/close")
+def close_batch(batch_id: uuid.UUID) -> Response:
+    """No more images will come; closing twice is harmless."""
+    session = db_session()
+    batch = _owned_batch(batch_id, for_update=True)
+    if batch.state == BatchState.OPEN:
+        batch.closed_at = utcnow()
+        batch.state = BatchState.QUEUED
+        session.flush()
+        settle_batch(session, batch.id)
+        session.commit()
+        session.refresh(batch)
+    return jsonify(batch_brief(batch))
+
+
+@bp.get("/batches/<uuid:batch_id>")
+def get_batch(batch_id: uuid.UUID) -> Response:
+    """Status with counts; ``Retry-After`` tells pollers when to come back."""
+    batch = _owned_batch(batch_id)
+    response = jsonify(batch_status(batch, scope().batch_summary(batch)))
+    if batch.state not in FINISHED_BATCH_STATES:
+        response.headers["Retry-After"] = str(api_state().settings.status_retry_after_s)
+    return response
+
+
+@bp.get("/batches")
+def list_batches() -> Response:
+    """This programme's batches, oldest first, keyset-paginated."""
+    settings = api_state().settings
+    limit = parse_limit(
+        request.args.get("limit"), settings.page_size_default, settings.page_size_max
+    )
+    rows = scope().batches_page(decode_cursor(request.args.get("cursor")), limit)
+    page, more = rows[:limit], len(rows) > limit
+    links = {"self": self_url()}
+    if more:
+        links["next"] = url_for(
+            "v1.batches.list_batches",
+            limit=limit,
+            cursor=encode_cursor(page[-1].id),
+            _external=True,
+        )
+    return jsonify({"items": [batch_brief(b) for b in page], "links": links})
+
+
+def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any) -> Response:
+    settings = api_state().settings
+    limit = parse_limit(
+        request.args.get("limit"), settings.page_size_default, settings.page_size_max
+    )
+    after = decode_cursor(request.args.get("cursor"))
+    batch = _owned_batch(batch_id)
+    rows = scope().images_page(batch, after, limit)
+    page, more = rows[:limit], len(rows) > limit
+    links = {
+        "self": self_url(),
+        "batch": url_for("v1.batches.get_batch", batch_id=batch.id, _external=True),
+    }
+    if more:
+        links["next"] = url_for(
+            endpoint,
+            batch_id=batch.id,
+            limit=limit,
+            cursor=encode_cursor(page[-1][0].id),
+            _external=True,
+        )
+    return jsonify(
+        {"batch_id": str(batch.id), "items": [render(i, r) for i, r in page], "links": links}
+    )
+
+
+@bp.get("/batches/<uuid:batch_id>/results")
+def list_results(batch_id: uuid.UUID) -> Response:
+    """One row per image in submission order: grade and referral, or state and error."""
+    return _image_listing(batch_id, "v1.batches.list_results", result_row)
+
+
+@bp.get("/batches/<uuid:batch_id>/images")
+def list_images(batch_id: uuid.UUID) -> Response:
+    """The batch's images as submitted: names, hashes, metadata, states."""
+    return _image_listing(batch_id, "v1.batches.list_images", lambda i, _r: image_record(i))

@@ -1,0 +1,145 @@
+"""Response shapes: models hold persistence, this module decides what clients see."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import request, url_for
+
+from api.access import BatchSummary
+from common.models import Batch, Image, Result
+
+
+def iso(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC; SQLite hands back naive datetimes, which we wrote as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def self_url() -> str:
+    """The current resource's URL, rebuilt with url_for from its endpoint and arguments."""
+    assert request.endpoint is not None
+    return url_for(
+        request.endpoint, **(request.view_args or {}), **request.args.to_dict(), _external=True
+    )
+
+
+def batch_links(batch: Batch) -> dict[str, str]:
+    """Where a client goes next from a batch."""
+    links = {
+        "self": url_for("v1.batches.get_batch", batch_id=batch.id, _external=True),
+        "results": url_for("v1.batches.list_results", batch_id=batch.id, _external=True),
+        "images": url_for("v1.batches.list_images", batch_id=batch.id, _external=True),
+    }
+    if batch.closed_at is None:
+        links["add_images"] = url_for("v1.batches.add_images", batch_id=batch.id, _external=True)
+        links["close"] = url_for("v1.batches.close_batch", batch_id=batch.id, _external=True)
+    return links
+
+
+def batch_brief(batch: Batch) -> dict[str, Any]:
+    """What creation and listings return."""
+    return {
+        "id": str(batch.id),
+        "reference": batch.reference,
+        "state": batch.state.value,
+        "image_count": batch.image_count,
+        "created_at": iso(batch.created_at),
+        "closed_at": iso(batch.closed_at),
+        "completed_at": iso(batch.completed_at),
+        "links": batch_links(batch),
+    }
+
+
+def batch_status(batch: Batch, summary: BatchSummary) -> dict[str, Any]:
+    """The full status: counts per image state, grade distribution, referable count."""
+    return {
+        **batch_brief(batch),
+        "counts": summary.state_counts,
+        "grades": {str(grade): count for grade, count in summary.grade_counts.items()},
+        "referable_count": summary.referable_count,
+    }
+
+
+def model_of(result: Result) -> dict[str, str]:
+    """Which exact model file produced a result."""
+    return {
+        "name": result.model_name,
+        "version": result.model_version,
+        "sha256": result.model_sha256,
+    }
+
+
+def image_record(image: Image) -> dict[str, Any]:
+    """An image's submission facts and state."""
+    error = {"code": image.error_code, "message": image.error_message} if image.error_code else None
+    return {
+        "id": str(image.id),
+        "batch_id": str(image.batch_id),
+        "filename": image.filename,
+        "sha256": image.sha256,
+        "size_bytes": image.size_bytes,
+        "patient_id": image.patient_id,
+        "laterality": image.laterality,
+        "state": image.state.value,
+        "attempts": image.attempts,
+        "error": error,
+        "created_at": iso(image.created_at),
+        "finished_at": iso(image.finished_at),
+    }
+
+
+def grading(result: Result | None) -> dict[str, Any] | None:
+    """The grade and referral decision, or None until graded."""
+    if result is None:
+        return None
+    return {
+        "grade": result.grade,
+        "grade_name": result.grade_name,
+        "referable": result.referable,
+        "referable_probability": result.referable_probability,
+        "referable_threshold": result.referable_threshold,
+        "confidence": result.confidence,
+        "probabilities": list(result.probabilities),
+        "model": model_of(result),
+        "inference_ms": result.inference_ms,
+        "graded_at": iso(result.created_at),
+    }
+
+
+def image_detail(image: Image, result: Result | None) -> dict[str, Any]:
+    """One image with its result and links."""
+    return {
+        **image_record(image),
+        "result": grading(result),
+        "links": {
+            "self": url_for("v1.images.get_image", image_id=image.id, _external=True),
+            "batch": url_for("v1.batches.get_batch", batch_id=image.batch_id, _external=True),
+        },
+    }
+
+
+def result_row(image: Image, result: Result | None) -> dict[str, Any]:
+    """A compact per-image row for the results listing."""
+    outcome = grading(result) or {}
+    return {
+        "image_id": str(image.id),
+        "filename": image.filename,
+        "patient_id": image.patient_id,
+        "laterality": image.laterality,
+        "state": image.state.value,
+        "grade": outcome.get("grade"),
+        "grade_name": outcome.get("grade_name"),
+        "referable": outcome.get("referable"),
+        "confidence": outcome.get("confidence"),
+        "probabilities": outcome.get("probabilities"),
+        "model": outcome.get("model"),
+        "error": (
+            {"code": image.error_code, "message": image.error_message} if image.error_code else None
+        ),
+        "links": {"image": url_for("v1.images.get_image", image_id=image.id, _external=True)},
+    }

@@ -1,0 +1,43 @@
+"""What an API process holds for its lifetime, and the per-request database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.settings import Settings
+from common.storage import ImageStore
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """Created once in ``create_app``; reached through ``app.extensions['retinaq']``."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    celery: Celery
+
+
+def api_state() -> ApiState:
+    """The current app's state."""
+    return current_app.extensions["retinaq"]
+
+
+def db_session() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = api_state().sessions()
+    return g.db
+
+
+def close_db_session(_exc: BaseException | None = None) -> None:
+    """Teardown hook: release the request's connection."""
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()

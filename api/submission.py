@@ -1,0 +1,90 @@
+"""Recording uploaded images against a batch, then enqueueing them after the commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from werkzeug.datastructures import FileStorage
+
+from api.errors import ApiError
+from api.state import ApiState
+from api.uploads import ImageMetadata, display_filename
+from common.ids import uuid7
+from common.models import Batch, Image, ImageState
+from common.queue import GRADE_IMAGES_TASK, chunked
+from common.storage import HashingSpool
+
+log = logging.getLogger(__name__)
+
+
+def record_images(
+    session: Session,
+    state: ApiState,
+    batch: Batch,
+    files: list[FileStorage],
+    metadata: dict[str, ImageMetadata],
+) -> list[uuid.UUID]:
+    """Move spooled uploads into the store and add their rows; the caller commits."""
+    names = [display_filename(f.filename) for f in files]
+    unmatched = sorted(set(metadata) - set(names))
+    if unmatched:
+        raise ApiError(
+            422,
+            "metadata_unmatched",
+            f"metadata lists files not in this request: {', '.join(unmatched[:10])}",
+        )
+    ids: list[uuid.UUID] = []
+    for upload, name in zip(files, names, strict=True):
+        spool = upload.stream
+        if not isinstance(spool, HashingSpool):
+            raise TypeError("uploads must be spooled by StreamingRequest")
+        relative = state.store.commit(spool)
+        facts = metadata.get(name, ImageMetadata(None, None))
+        image_id = uuid7()
+        ids.append(image_id)
+        session.add(
+            Image(
+                id=image_id,
+                batch_id=batch.id,
+                programme_id=batch.programme_id,
+                sha256=spool.sha256,
+                storage_path=relative,
+                size_bytes=spool.size,
+                filename=name,
+                patient_id=facts.patient_id,
+                laterality=facts.laterality,
+                state=ImageState.QUEUED,
+                attempts=0,
+            )
+        )
+    # An SQL increment, so concurrent uploads into one open batch never lose a count.
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id)
+        .values(image_count=Batch.image_count + len(ids))
+        .execution_options(synchronize_session=False)
+    )
+    return ids
+
+
+def enqueue_grading(state: ApiState, image_ids: list[uuid.UUID]) -> None:
+    """Send one grading task per micro-batch of ids, only after the rows are committed.
+
+    A failed publish is logged, not raised: the rows are durable and stay ``queued``, and
+    the database, not the broker, is what says which images still need grading.
+    """
+    size = state.settings.grading_batch_size
+    try:
+        for chunk in chunked([str(i) for i in image_ids], size):
+            state.celery.send_task(
+                GRADE_IMAGES_TASK,
+                args=[chunk],
+                queue=state.settings.queue_name,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+    except Exception:
+        log.exception("could not enqueue %d image(s); they stay queued", len(image_ids))

@@ -1,0 +1,163 @@
+"""Multipart uploads streamed straight into the image store, hashed on the way.
+
+Werkzeug asks the request for a file object per uploaded part; ours writes into a
+temporary file inside the content-addressed store, so an image is never held whole in
+memory and is never copied twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import unicodedata
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+from flask import Request, current_app
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.errors import ApiError
+from common.storage import HashingSpool, ImageStore
+
+MAX_FILENAME_LENGTH = 255
+METADATA_COLUMNS = ("filename", "patient_id", "laterality")
+_LATERALITY = {"l": "L", "left": "L", "os": "L", "r": "R", "right": "R", "od": "R"}
+
+
+class _LimitedSpool(HashingSpool):
+    """A spool that stops an oversized part instead of filling the disk."""
+
+    def __init__(self, store: ImageStore, limit: int) -> None:
+        super().__init__(store)
+        self._limit = limit
+
+    def write(self, data: bytes) -> int:
+        if self.size + len(data) > self._limit:
+            self.discard()
+            raise RequestEntityTooLarge(f"a file exceeds the limit of {self._limit} bytes")
+        return super().write(data)
+
+
+class StreamingRequest(Request):
+    """A request whose file parts are spooled into the image store while hashing."""
+
+    spools: list[HashingSpool]
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        state = current_app.extensions["retinaq"]
+        spool = _LimitedSpool(state.store, state.settings.max_image_bytes)
+        if not hasattr(self, "spools"):
+            self.spools = []
+        self.spools.append(spool)
+        return spool  # type: ignore[return-value]
+
+    def discard_spools(self) -> None:
+        """Delete temporary files that were not committed into the store."""
+        for spool in getattr(self, "spools", []):
+            spool.discard()
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """Per-image facts a programme may attach through the metadata CSV."""
+
+    patient_id: str | None
+    laterality: str | None
+
+
+def display_filename(raw: str | None) -> str:
+    """The client's filename reduced to a safe display name (never used as a path)."""
+    name = (raw or "").replace("\\", "/")
+    name = PurePosixPath(name).name if "/" in name else name
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    return (name or "unnamed")[:MAX_FILENAME_LENGTH]
+
+
+def parse_metadata_csv(data: bytes) -> dict[str, ImageMetadata]:
+    """Parse ``filename,patient_id,laterality`` rows; 422 naming the line on any error."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, "invalid_metadata", "metadata is not UTF-8 text") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if "filename" not in header:
+        raise ApiError(422, "invalid_metadata", "line 1: metadata needs a 'filename' column")
+    unknown = [h for h in header if h not in METADATA_COLUMNS]
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_metadata",
+            f"line 1: unknown column(s) {', '.join(unknown)}; allowed: "
+            + ", ".join(METADATA_COLUMNS),
+        )
+    reader.fieldnames = header
+    rows: dict[str, ImageMetadata] = {}
+    try:
+        for row in reader:
+            rows.update(_metadata_row(row, reader.line_num, rows))
+    except csv.Error as exc:
+        raise ApiError(422, "invalid_metadata", f"line {reader.line_num}: {exc}") from exc
+    return rows
+
+
+def _metadata_row(
+    row: dict[str, Any], line: int, seen: dict[str, ImageMetadata]
+) -> dict[str, ImageMetadata]:
+    if None in row:
+        raise ApiError(422, "invalid_metadata", f"line {line}: more fields than columns")
+    filename = display_filename(row.get("filename"))
+    if not (row.get("filename") or "").strip():
+        raise ApiError(422, "invalid_metadata", f"line {line}: filename is empty")
+    if filename in seen:
+        raise ApiError(422, "invalid_metadata", f"line {line}: {filename!r} is listed twice")
+    patient_id = (row.get("patient_id") or "").strip() or None
+    if patient_id is not None and len(patient_id) > 128:
+        raise ApiError(422, "invalid_metadata", f"line {line}: patient_id exceeds 128 characters")
+    raw_side = (row.get("laterality") or "").strip().lower()
+    laterality = _LATERALITY.get(raw_side) if raw_side else None
+    if raw_side and laterality is None:
+        raise ApiError(
+            422, "invalid_metadata", f"line {line}: laterality must be L or R, not {raw_side!r}"
+        )
+    return {filename: ImageMetadata(patient_id, laterality)}
+
+
+def uploaded_images(request: StreamingRequest, max_files: int) -> list[FileStorage]:
+    """The ``images`` parts of a multipart request, validated for count and presence."""
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(
+            415, "unsupported_media_type", "send images as multipart/form-data 'images' parts"
+        )
+    files = request.files.getlist("images")
+    if not files:
+        raise ApiError(422, "no_images", "the request has no 'images' file parts")
+    if len(files) > max_files:
+        raise ApiError(
+            413,
+            "too_many_files",
+            f"{len(files)} files in one request; the limit is {max_files}",
+        )
+    return files
+
+
+def uploaded_metadata(request: StreamingRequest, max_bytes: int) -> dict[str, ImageMetadata]:
+    """The optional ``metadata`` CSV part (file or plain field)."""
+    part = request.files.get("metadata")
+    if part is not None:
+        data = part.stream.read(max_bytes + 1)
+    else:
+        data = request.form.get("metadata", "").encode()
+    if not data:
+        return {}
+    if len(data) > max_bytes:
+        raise ApiError(413, "metadata_too_large", f"metadata exceeds {max_bytes} bytes")
+    return parse_metadata_csv(data)

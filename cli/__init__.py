@@ -1,0 +1,1 @@
+"""The retinaq command line."""

@@ -1,0 +1,5 @@
+"""``python -m cli`` is ``retinaq``."""
+
+from cli.main import cli
+
+cli()

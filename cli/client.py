@@ -1,0 +1,240 @@
+"""HTTP client for the v1 API, used by ``retinaq submit/status/results`` and the demo.
+
+It follows the links the API returns instead of building URLs, streams files from disk
+in chunks, and honours ``Retry-After`` while waiting.
+"""
+
+from __future__ import annotations
+
+import csv
+import mimetypes
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
+FINISHED = {"completed", "completed_with_errors"}
+RESULT_COLUMNS = (
+    "image_id",
+    "filename",
+    "patient_id",
+    "laterality",
+    "state",
+    "grade",
+    "grade_name",
+    "referable",
+    "confidence",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "error_code",
+    "error_message",
+)
+
+
+class ApiClientError(RuntimeError):
+    """The API answered with an error; carries its code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted batch: its id and status URL (from the Location header)."""
+
+    batch_id: str
+    status_url: str
+    image_count: int
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files given directly, plus image files found recursively in given folders, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return found
+
+
+def metadata_rows(csv_path: Path | None) -> dict[str, dict[str, str]]:
+    """The metadata CSV keyed by filename, so each upload chunk carries only its own rows."""
+    if csv_path is None:
+        return {}
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        return {row["filename"]: row for row in csv.DictReader(fh)}
+
+
+def _metadata_csv(rows: list[dict[str, str]]) -> str:
+    lines = ["filename,patient_id,laterality"]
+    for row in rows:
+        fields = [row.get("filename", ""), row.get("patient_id", ""), row.get("laterality", "")]
+        lines.append(",".join(_csv_field(f or "") for f in fields))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(value: str) -> str:
+    if any(ch in value for ch in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+class ApiClient:
+    """A thin, typed wrapper over the v1 API."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 120.0) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiClientError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiClientError(
+                    response.status_code, "http_error", response.text[:200]
+                ) from None
+        return response
+
+    def submit(
+        self,
+        files: list[Path],
+        *,
+        metadata: dict[str, dict[str, str]] | None = None,
+        reference: str | None = None,
+        chunk_size: int = 64,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Submission:
+        """Upload files; one request when they fit a chunk, else an open batch filled in chunks."""
+        metadata = metadata or {}
+        chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
+        if len(chunks) == 1:
+            response = self._upload("/v1/batches", chunks[0], metadata, reference)
+            if on_progress:
+                on_progress(len(chunks[0]))
+            body = response.json()
+            return Submission(body["id"], response.headers["Location"], body["image_count"])
+        created = self._request("POST", "/v1/batches", json={"reference": reference, "open": True})
+        body = created.json()
+        for chunk in chunks:
+            self._upload(body["links"]["add_images"], chunk, metadata, None)
+            if on_progress:
+                on_progress(len(chunk))
+        closed = self._request("POST", body["links"]["close"]).json()
+        return Submission(closed["id"], created.headers["Location"], closed["image_count"])
+
+    def _upload(
+        self,
+        url: str,
+        chunk: list[Path],
+        metadata: dict[str, dict[str, str]],
+        reference: str | None,
+    ) -> httpx.Response:
+        with ExitStack() as stack:
+            parts: list[tuple[str, tuple[str, Any, str]]] = []
+            for path in chunk:
+                mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                parts.append(("images", (path.name, stack.enter_context(path.open("rb")), mime)))
+            rows = [metadata[p.name] for p in chunk if p.name in metadata]
+            if rows:
+                parts.append(("metadata", ("metadata.csv", _metadata_csv(rows), "text/csv")))
+            data = {"reference": reference} if reference else None
+            return self._request("POST", url, files=parts, data=data)
+
+    def status(self, url_or_id: str) -> tuple[dict[str, Any], float | None]:
+        """A batch's status and the server's ``Retry-After`` hint (seconds)."""
+        url = url_or_id if "/" in url_or_id else f"/v1/batches/{url_or_id}"
+        response = self._request("GET", url)
+        retry_after = response.headers.get("Retry-After")
+        return response.json(), float(retry_after) if retry_after else None
+
+    def wait(
+        self,
+        status_url: str,
+        *,
+        timeout: float = 3600.0,
+        max_interval: float = 30.0,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the batch finishes, sleeping as long as the server asks."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body, retry_after = self.status(status_url)
+            if on_status:
+                on_status(body)
+            if body["state"] in FINISHED:
+                return body
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {body['id']} still {body['state']} after {timeout}s")
+            time.sleep(min(retry_after or 1.0, max_interval))
+
+    def iter_results(self, batch_id: str, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Every per-image result row, following ``links.next``."""
+        url: str | None = f"/v1/batches/{batch_id}/results"
+        params: dict[str, Any] | None = {"limit": page_size}
+        while url:
+            page = self._request("GET", url, params=params).json()
+            yield from page["items"]
+            url, params = page["links"].get("next"), None
+
+
+def flatten_result(row: dict[str, Any]) -> dict[str, Any]:
+    """One results-listing row as a flat CSV record."""
+    model = row.get("model") or {}
+    error = row.get("error") or {}
+    return {
+        "image_id": row["image_id"],
+        "filename": row["filename"],
+        "patient_id": row.get("patient_id") or "",
+        "laterality": row.get("laterality") or "",
+        "state": row["state"],
+        "grade": "" if row.get("grade") is None else row["grade"],
+        "grade_name": row.get("grade_name") or "",
+        "referable": "" if row.get("referable") is None else str(row["referable"]).lower(),
+        "confidence": "" if row.get("confidence") is None else f"{row['confidence']:.4f}",
+        "model_name": model.get("name", ""),
+        "model_version": model.get("version", ""),
+        "model_sha256": model.get("sha256", ""),
+        "error_code": error.get("code", ""),
+        "error_message": error.get("message", ""),
+    }
+
+
+def write_results_csv(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Write flattened result rows to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(flatten_result(r) for r in rows)
+    return out

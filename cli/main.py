@@ -1,0 +1,24 @@
+"""``retinaq``: the one entry point for people — servers, admin, client, models, demo."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cli.admin import admin
+from cli.demo import demo
+from cli.modelling import synth, train
+from cli.servers import api, db, worker
+from cli.submitting import results, status, submit
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retinaq")
+def cli() -> None:
+    """RetinaQ: a distributed screening queue for diabetic-retinopathy fundus photographs."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+for command in (demo, submit, status, results, admin, db, api, worker, synth, train):
+    cli.add_command(command)

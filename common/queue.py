@@ -1,0 +1,66 @@
+"""The Celery application factory and task names, shared by the API (producer) and the worker.
+
+The API enqueues by task *name* through an app built here, so it never imports the worker
+or TensorFlow. The broker is only a hint: the database says what remains to be graded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from common.settings import Settings
+
+GRADE_IMAGES_TASK = "retinaq.grade_images"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Per-transport options: folders for the embedded broker, visibility timeout for Redis."""
+    if settings.broker_url.startswith("filesystem://"):
+        folder = Path(settings.broker_url.removeprefix("filesystem://"))
+        queue_dir = folder / "queue"
+        processed_dir = folder / "processed"
+        for path in (queue_dir, processed_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "processed_folder": str(processed_dir),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    return {"visibility_timeout": settings.visibility_timeout_s}
+
+
+def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
+    """A Celery app configured from settings; the worker adds its tasks to it."""
+    broker_url = settings.broker_url
+    if broker_url.startswith("filesystem://"):
+        broker_url = "filesystem://"
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue_name,
+        task_routes={GRADE_IMAGES_TASK: {"queue": settings.queue_name}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # A killed worker's tasks go back to the queue instead of being lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Grading tasks are long and batched; do not let one worker hoard the queue.
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def chunked(items: list[Any], size: int) -> list[list[Any]]:
+    """Split into consecutive chunks of at most ``size`` items."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

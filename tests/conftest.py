@@ -1,0 +1,201 @@
+"""Shared fixtures: a real PostgreSQL database and a real Redis broker for the whole session.
+
+The run stops at once, with the commands that start them, when either does not answer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from common.apikeys import create_programme
+from common.db import make_engine, make_sessionmaker
+from common.models import Base
+from common.schema import upgrade_to_head
+from common.settings import Settings
+from common.synth import generate_fundus
+
+SERVER_URL = os.environ.get(
+    "RETINAQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("RETINAQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+START_HINT = (
+    "start them with `docker compose up -d postgres redis`, or on Debian with\n"
+    "  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
+    "  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no\n"
+    "or point RETINAQ_TEST_DATABASE_URL / RETINAQ_TEST_REDIS_URL at running servers."
+)
+
+
+def _check_services() -> None:
+    problems = []
+    try:
+        engine = create_engine(SERVER_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        problems.append(f"PostgreSQL at {SERVER_URL} does not answer ({exc.__class__.__name__})")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        problems.append(f"Redis at {REDIS_URL} does not answer ({exc.__class__.__name__})")
+    if problems:
+        pytest.exit("\n".join(problems) + "\nThe tests need both; " + START_HINT, returncode=3)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail fast, with one clear message, when PostgreSQL or Redis is not there."""
+    _check_services()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated with Alembic."""
+    name = f"retinaq_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade_to_head(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    """The test session's engine."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """Session factory on the test database."""
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+def queue_name() -> str:
+    """A queue of our own on the shared Redis, so parallel runs never steal each other's tasks."""
+    return f"retinaq.test.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(
+    database_url: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Production-profile settings: PostgreSQL, Redis, a private image store."""
+    var = tmp_path_factory.mktemp("var")
+    return Settings(
+        var_dir=var,
+        database_url=database_url,
+        broker_url=REDIS_URL,
+        storage_dir=var / "images",
+        queue_name=queue_name,
+        grading_batch_size=8,
+    )
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A client on the test broker."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Empty every table and the test queue after each test that touched them."""
+    yield
+    if "engine" in request.fixturenames:
+        engine: Engine = request.getfixturevalue("engine")
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    if "queue_name" in request.fixturenames:
+        client = redis.Redis.from_url(REDIS_URL)
+        client.delete(request.getfixturevalue("queue_name"))
+        client.close()
+
+
+@pytest.fixture
+def make_app(settings: Settings, engine: Engine) -> Iterator[Callable[..., Flask]]:
+    """Build API applications with settings overrides; their engines are disposed after."""
+    apps: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        app = create_app(settings.model_copy(update=overrides))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["retinaq"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The API application on the test database and broker."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for HTTP-level tests."""
+    return app.test_client()
+
+
+@pytest.fixture
+def make_programme(sessions: sessionmaker[Session]) -> Callable[[str], dict[str, str]]:
+    """Create a programme and return Authorization headers for its key."""
+
+    def make(name: str) -> dict[str, str]:
+        with sessions.begin() as session:
+            _, key = create_programme(session, name)
+        return {"Authorization": f"Bearer {key.secret}"}
+
+    return make
+
+
+@pytest.fixture
+def auth(make_programme: Callable[[str], dict[str, str]]) -> dict[str, str]:
+    """Headers for a programme called "North"."""
+    return make_programme("North")
+
+
+@pytest.fixture(scope="session")
+def fundus_jpeg() -> Callable[..., bytes]:
+    """Deterministic synthetic fundus JPEG bytes for a grade and seed."""
+
+    def make(grade: int = 0, seed: int = 0, size: int = 256) -> bytes:
+        buffer = io.BytesIO()
+        generate_fundus(grade, seed, size).save(buffer, format="JPEG", quality=90)
+        return buffer.getvalue()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bundled_model_path() -> Path:
+    """The model shipped in the repository."""
+    from common.settings import BUNDLED_MODEL
+
+    assert BUNDLED_MODEL.is_file(), "the bundled model is missing; see README (retinaq train)"
+    return BUNDLED_MODEL

@@ -1,0 +1,60 @@
+"""What a worker process holds for its lifetime: settings, database, store, and the model.
+
+Built once per process, after any fork, so no connection or TensorFlow state is shared
+between a parent and its children.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.db import engine_from_settings, make_sessionmaker
+from common.schema import assert_schema_at_head
+from common.settings import Settings, get_settings
+from common.storage import ImageStore
+
+if TYPE_CHECKING:
+    from worker.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRuntime:
+    """Everything grading needs, loaded once."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    model: LoadedModel
+
+
+_lock = threading.Lock()
+_runtime: WorkerRuntime | None = None
+
+
+def build_runtime(settings: Settings) -> WorkerRuntime:
+    """Check the schema, connect, and load the model named by settings."""
+    from worker.model import configure_devices, load_model  # TensorFlow: after any fork
+
+    engine = engine_from_settings(settings)
+    assert_schema_at_head(engine)
+    devices = configure_devices()
+    log.info("devices: %s", ", ".join(devices))
+    model = load_model(settings.model_path, settings.grading_batch_size)
+    store = ImageStore(settings.image_store)
+    return WorkerRuntime(settings, make_sessionmaker(engine), store, model)
+
+
+def get_runtime() -> WorkerRuntime:
+    """The process's runtime, built on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = build_runtime(get_settings())
+        return _runtime
