@@ -30,7 +30,11 @@ def create_app(settings: Settings) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = engine_from_settings(settings)
-    assert_schema_at_head(engine)
+    try:
+        assert_schema_at_head(engine)
+    except Exception:
+        engine.dispose()
+        raise
     app.extensions["retinaq"] = ApiState(
         settings=settings,
         engine=engine,

@@ -61,6 +61,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The PostgreSQL server on which tests create their databases."""
+    return SERVER_URL
+
+
+@pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated with Alembic."""
     name = f"retinaq_test_{uuid.uuid4().hex[:10]}"

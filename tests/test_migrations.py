@@ -1,0 +1,72 @@
+"""Alembic: one head, upgrade from empty equals the models, downgrade works, head is enforced."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, make_url, text
+
+from api import create_app
+from common.models import Base
+from common.schema import SchemaNotAtHead, alembic_config, assert_schema_at_head, upgrade_to_head
+from common.settings import Settings
+
+
+@pytest.fixture
+def empty_database(postgres_server_url: str) -> Iterator[str]:
+    """A brand-new empty PostgreSQL database."""
+    name = f"retinaq_mig_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_exactly_one_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert len(script.get_heads()) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_upgrade_from_empty_matches_the_models(
+    backend: str, empty_database: str, tmp_path
+) -> None:
+    url = empty_database if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    upgrade_to_head(url)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_downgrade_to_base_and_back(empty_database: str) -> None:
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    command.downgrade(config, "base")
+    engine = create_engine(empty_database)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    command.upgrade(config, "head")
+
+
+def test_api_refuses_to_start_on_an_unmigrated_database(empty_database: str, tmp_path) -> None:
+    settings = Settings(var_dir=tmp_path, database_url=empty_database)
+    with pytest.raises(SchemaNotAtHead, match="retinaq db upgrade"):
+        create_app(settings)
+
+
+def test_schema_check_passes_at_head(empty_database: str) -> None:
+    upgrade_to_head(empty_database)
+    engine = create_engine(empty_database)
+    assert_schema_at_head(engine)
+    engine.dispose()
