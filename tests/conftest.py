@@ -23,7 +23,7 @@ from common.apikeys import create_programme
 from common.db import make_engine, make_sessionmaker
 from common.models import Base
 from common.schema import upgrade_to_head
-from common.settings import Settings
+from common.settings import BUNDLED_MODEL, Settings
 from common.synth import generate_fundus
 
 SERVER_URL = os.environ.get(
@@ -96,6 +96,12 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis the tests use as the Celery broker."""
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
 def queue_name() -> str:
     """A queue of our own on the shared Redis, so parallel runs never steal each other's tasks."""
     return f"retinaq.test.{uuid.uuid4().hex[:8]}"
@@ -103,7 +109,10 @@ def queue_name() -> str:
 
 @pytest.fixture
 def settings(
-    database_url: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    queue_name: str,
+    bundled_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Production-profile settings: PostgreSQL, Redis, a private image store."""
     var = tmp_path_factory.mktemp("var")
@@ -114,6 +123,7 @@ def settings(
         storage_dir=var / "images",
         queue_name=queue_name,
         grading_batch_size=8,
+        model_path=bundled_model_path,
     )
 
 
@@ -200,8 +210,7 @@ def fundus_jpeg() -> Callable[..., bytes]:
 
 @pytest.fixture(scope="session")
 def bundled_model_path() -> Path:
-    """The model shipped in the repository."""
-    from common.settings import BUNDLED_MODEL
-
-    assert BUNDLED_MODEL.is_file(), "the bundled model is missing; see README (retinaq train)"
-    return BUNDLED_MODEL
+    """The model shipped in the repository (RETINAQ_TEST_MODEL_PATH tests another one)."""
+    path = Path(os.environ.get("RETINAQ_TEST_MODEL_PATH", str(BUNDLED_MODEL)))
+    assert path.is_file(), f"no model at {path}; see README (retinaq train)"
+    return path

@@ -57,7 +57,6 @@ class GradingReport:
 def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingReport:
     """Grade these images (those still pending); safe to call again with the same ids."""
     report = GradingReport()
-    clock = time.perf_counter()
     with runtime.sessions.begin() as session:
         claims = claim_images(session, image_ids)
     report.claimed = len(claims)
@@ -65,40 +64,56 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     if not claims:
         return report
 
-    pixels, decoded, failures = _decode_all(runtime, claims)
+    clock = time.perf_counter()
+    pixels, decoded, failures = decode_claims(runtime, claims)
     report.timings_ms["decode"] = (time.perf_counter() - clock) * 1000
 
     clock = time.perf_counter()
-    probabilities = np.zeros((0, 5))
+    probabilities = np.zeros((0, len(runtime.model.manifest.class_names)))
     if decoded:
         inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
         probabilities = runtime.model.predict(inputs)
-    infer_ms = (time.perf_counter() - clock) * 1000
-    report.timings_ms["infer"] = infer_ms
+    report.timings_ms["infer"] = (time.perf_counter() - clock) * 1000
 
     clock = time.perf_counter()
-    per_image_ms = infer_ms / max(len(decoded), 1)
+    per_image_ms = report.timings_ms["infer"] / max(len(decoded), 1)
+    graded, failed = record_outcomes(
+        runtime, claims, list(zip(decoded, probabilities, strict=True)), failures, per_image_ms
+    )
+    report.graded, report.failed = graded, failed
+    report.fenced_out = len(claims) - graded - failed
+    report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
+    return report
+
+
+def record_outcomes(
+    runtime: WorkerRuntime,
+    claims: list[Claim],
+    predictions: list[tuple[Claim, np.ndarray]],
+    failures: list[tuple[Claim, ImageDecodeError]],
+    inference_ms: float,
+) -> tuple[int, int]:
+    """Write results and failures in one transaction, only for claims still ours.
+
+    Returns (graded, failed). Claims superseded by a later delivery write nothing.
+    """
     with runtime.sessions.begin() as session:
         owned = _still_owned(session, claims)
         results = [
-            _result_row(runtime, claim, probs, per_image_ms)
-            for claim, probs in zip(decoded, probabilities, strict=True)
+            _result_row(runtime, claim, probs, inference_ms)
+            for claim, probs in predictions
             if claim.image_id in owned
         ]
         if results:
             session.execute(_insert_ignoring_duplicates(session, Result.__table__), results)
             _finish(session, [r["image_id"] for r in results], ImageState.GRADED)
-        for claim, error in failures:
-            if claim.image_id in owned:
-                _finish(session, [claim.image_id], ImageState.FAILED, error)
-        report.graded = len(results)
-        report.failed = sum(1 for claim, _ in failures if claim.image_id in owned)
-        report.fenced_out = len(claims) - len(owned)
+        failed = [(claim, error) for claim, error in failures if claim.image_id in owned]
+        for claim, error in failed:
+            _finish(session, [claim.image_id], ImageState.FAILED, error)
     with runtime.sessions.begin() as session:
         for batch_id in sorted({c.batch_id for c in claims}):
             settle_batch(session, batch_id)
-    report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
-    return report
+    return len(results), len(failed)
 
 
 def claim_images(session: Session, image_ids: list[uuid.UUID]) -> list[Claim]:
@@ -133,9 +148,10 @@ def claim_images(session: Session, image_ids: list[uuid.UUID]) -> list[Claim]:
     return sorted(claims, key=lambda c: order[c.image_id])
 
 
-def _decode_all(
+def decode_claims(
     runtime: WorkerRuntime, claims: list[Claim]
 ) -> tuple[list[np.ndarray], list[Claim], list[tuple[Claim, ImageDecodeError]]]:
+    """Read and preprocess each claimed image; a bad one becomes a failure, not an exception."""
     size = runtime.model.manifest.input_size
     max_pixels = runtime.settings.max_image_pixels
     pixels: list[np.ndarray] = []

@@ -1,0 +1,169 @@
+"""End to end on the production profile: gunicorn API + a real Celery worker process,
+real Redis, real PostgreSQL, images submitted over HTTP and followed by their Location."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.manifest import read_manifest
+from common.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live_stack(
+    database_url: str,
+    redis_url: str,
+    queue_name: str,
+    bundled_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """Start the API server and a worker as child processes; yield the API's base URL."""
+
+    var = tmp_path_factory.mktemp("stack")
+    env = {
+        **os.environ,
+        "RETINAQ_VAR_DIR": str(var),
+        "RETINAQ_DATABASE_URL": database_url,
+        "RETINAQ_BROKER_URL": redis_url,
+        "RETINAQ_STORAGE_DIR": str(var / "images"),
+        "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_MODEL_PATH": str(bundled_model_path),
+        "RETINAQ_GRADING_BATCH_SIZE": "8",
+        "RETINAQ_STATUS_RETRY_AFTER_S": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    logs = {name: (var / f"{name}.log").open("wb") for name in ("api", "worker")}
+    argv = {
+        "api": [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "2"],
+        "worker": [sys.executable, "-m", "cli", "worker", "--hostname", f"e2e-{port}@%h"],
+    }
+    processes = {
+        name: subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=logs[name], stderr=subprocess.STDOUT
+        )
+        for name, command in argv.items()
+    }
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            for name, process in processes.items():
+                assert process.poll() is None, (var / f"{name}.log").read_text()
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "API did not become ready"
+            time.sleep(0.3)
+        yield base_url
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for handle in logs.values():
+            handle.close()
+
+
+def _wait_finished(http: httpx.Client, status_url: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = http.get(status_url)
+        assert response.status_code == 200
+        body = response.json()
+        if body["state"] in ("completed", "completed_with_errors"):
+            assert "Retry-After" not in response.headers
+            return body
+        assert time.monotonic() < deadline, f"batch still {body['state']}: {body['counts']}"
+        time.sleep(float(response.headers["Retry-After"]))
+
+
+def test_http_submission_is_graded_by_the_worker_with_the_bundled_model(
+    live_stack: str,
+    make_programme: Callable[[str], dict[str, str]],
+    fundus_jpeg: Callable[..., bytes],
+    bundled_model_path: Path,
+) -> None:
+    headers = make_programme("End to end")
+    files = [
+        ("images", (f"eye{i:02d}.jpg", fundus_jpeg(grade=i % 5, seed=100 + i), "image/jpeg"))
+        for i in range(20)
+    ]
+    with httpx.Client(base_url=live_stack, headers=headers, timeout=60) as http:
+        response = http.post("/v1/batches", files=files)
+        assert response.status_code == 202, response.text
+        status_url = response.headers["Location"]
+        assert status_url.startswith(live_stack)
+        status = _wait_finished(http, status_url)
+        assert status["state"] == "completed"
+        assert status["counts"]["graded"] == 20
+        assert sum(status["grades"].values()) == 20
+
+        rows = http.get(status["links"]["results"], params={"limit": 50}).json()["items"]
+    manifest = read_manifest(bundled_model_path)
+    assert [r["filename"] for r in rows] == [f"eye{i:02d}.jpg" for i in range(20)]
+    assert {r["model"]["sha256"] for r in rows} == {manifest.sha256}
+    assert all(r["state"] == "graded" for r in rows)
+
+
+def test_cli_submit_waits_and_writes_the_csv(
+    live_stack: str,
+    make_programme: Callable[[str], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    key = make_programme("CLI").get("Authorization", "").removeprefix("Bearer ")
+    out = tmp_path / "results.csv"
+    samples = PROJECT_ROOT / "samples"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "submit",
+            str(samples),
+            "--metadata",
+            str(samples / "metadata.csv"),
+            "--chunk-size",
+            "7",
+            "--wait",
+            "--out",
+            str(out),
+        ],
+        env={**os.environ, "RETINAQ_API_URL": live_stack, "RETINAQ_API_KEY": key},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().startswith(f"{live_stack}/v1/batches/")
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    sample_count = len(list(samples.glob("*.jpg")))
+    assert len(rows) == sample_count
+    assert all(r["state"] == "graded" and r["grade"] in "01234" for r in rows)
+    assert all(r["patient_id"].startswith("P") and r["laterality"] in ("L", "R") for r in rows)

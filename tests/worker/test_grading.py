@@ -1,0 +1,201 @@
+"""The worker's grading pipeline against real PostgreSQL, with the bundled model."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.imaging import normalise
+from common.manifest import read_manifest
+from common.models import Batch, BatchState, Image, ImageState, Result
+from common.settings import Settings
+from common.storage import ImageStore
+from worker.grading import claim_images, decode_claims, grade_images, record_outcomes
+from worker.runtime import WorkerRuntime
+
+
+@pytest.fixture(scope="session")
+def loaded_model(bundled_model_path: Path) -> Any:
+    from worker.model import load_model
+
+    return load_model(bundled_model_path, batch_size=8)
+
+
+@pytest.fixture
+def runtime(
+    settings: Settings, sessions: sessionmaker[Session], loaded_model: Any
+) -> WorkerRuntime:
+    return WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)
+
+
+@pytest.fixture
+def submit(
+    client: FlaskClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> Callable[[list[tuple[bytes, str]]], tuple[dict, list[uuid.UUID]]]:
+    """Submit files over HTTP; return the batch body and its image ids in order."""
+
+    def do(files: list[tuple[bytes, str]]) -> tuple[dict, list[uuid.UUID]]:
+        parts = [(io.BytesIO(data), name) for data, name in files]
+        response = client.post("/v1/batches", headers=auth, data={"images": parts})
+        assert response.status_code == 202, response.get_json()
+        body = response.get_json()
+        with sessions() as session:
+            ids = session.scalars(
+                select(Image.id).where(Image.batch_id == uuid.UUID(body["id"])).order_by(Image.id)
+            ).all()
+        return body, list(ids)
+
+    return do
+
+
+def test_a_bad_image_fails_alone_and_the_rest_are_graded(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    client: FlaskClient,
+    auth: dict[str, str],
+    bundled_model_path: Path,
+) -> None:
+    files = [(fundus_jpeg(grade=g, seed=g), f"g{g}.jpg") for g in range(5)]
+    files.insert(2, (b"this is not a picture", "notes.jpg"))
+    batch, ids = submit(files)
+
+    report = grade_images(runtime, ids)
+    assert (report.claimed, report.graded, report.failed) == (6, 5, 1)
+
+    status = client.get(batch["links"]["self"], headers=auth).get_json()
+    assert status["state"] == "completed_with_errors"
+    assert status["counts"]["graded"] == 5
+    assert status["counts"]["failed"] == 1
+    assert sum(status["grades"].values()) == 5
+    assert status["completed_at"] is not None
+
+    rows = client.get(batch["links"]["results"], headers=auth).get_json()["items"]
+    manifest = read_manifest(bundled_model_path)
+    bad = next(r for r in rows if r["filename"] == "notes.jpg")
+    assert bad["state"] == "failed"
+    assert bad["error"]["code"] == "not_an_image"
+    for row in rows:
+        if row["filename"] == "notes.jpg":
+            continue
+        assert row["state"] == "graded"
+        assert 0 <= row["grade"] <= 4
+        assert sum(row["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert row["model"] == {
+            "name": manifest.name,
+            "version": manifest.version,
+            "sha256": manifest.sha256,
+        }
+
+
+def test_grading_twice_is_harmless(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(3)])
+    first = grade_images(runtime, ids)
+    second = grade_images(runtime, ids)
+    assert first.graded == 3
+    assert (second.claimed, second.skipped) == (0, 3)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 3
+
+
+def test_a_superseded_claim_cannot_write(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    """A redelivered task claims again; the first, slower run is fenced out."""
+    _, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(2)])
+    with sessions.begin() as session:
+        stale = claim_images(session, ids)
+    with sessions.begin() as session:
+        fresh = claim_images(session, ids)
+    assert [c.attempt for c in stale] == [1, 1]
+    assert [c.attempt for c in fresh] == [2, 2]
+
+    assert _predict_and_record(runtime, stale) == (0, 0)
+    assert _predict_and_record(runtime, fresh) == (2, 0)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 2
+
+
+def _predict_and_record(runtime: WorkerRuntime, claims: list) -> tuple[int, int]:
+    pixels, decoded, failures = decode_claims(runtime, claims)
+    inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
+    predictions = list(zip(decoded, runtime.model.predict(inputs), strict=True))
+    return record_outcomes(runtime, claims, predictions, failures, 1.0)
+
+
+def test_missing_file_and_exhausted_attempts_fail_with_reasons(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(2)])
+    with sessions.begin() as session:
+        gone = session.get_one(Image, ids[0])
+        (settings.image_store / gone.storage_path).unlink()
+        session.get_one(Image, ids[1]).attempts = 5
+    grade_images(runtime, ids)
+    with sessions() as session:
+        states = {
+            i.id: (i.state, i.error_code)
+            for i in session.scalars(select(Image).where(Image.id.in_(ids)))
+        }
+        batch_state = session.scalar(select(Batch.state))
+    assert states[ids[0]] == (ImageState.FAILED, "missing_file")
+    assert states[ids[1]] == (ImageState.FAILED, "too_many_attempts")
+    assert batch_state == BatchState.COMPLETED_WITH_ERRORS
+
+
+def test_open_batch_completes_only_after_close(
+    runtime: WorkerRuntime,
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    batch = client.post("/v1/batches", headers=auth, json={"open": True}).get_json()
+    client.post(
+        batch["links"]["add_images"],
+        headers=auth,
+        data={"images": [(io.BytesIO(fundus_jpeg(seed=1)), "a.jpg")]},
+    )
+    with sessions() as session:
+        ids = list(session.scalars(select(Image.id)))
+    grade_images(runtime, ids)
+    assert client.get(batch["links"]["self"], headers=auth).get_json()["state"] == "open"
+    closed = client.post(batch["links"]["close"], headers=auth).get_json()
+    assert closed["state"] == "completed"
+
+
+def test_unusual_but_valid_formats_are_graded(
+    runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes]
+) -> None:
+    from PIL import Image as PILImage
+
+    source = PILImage.open(io.BytesIO(fundus_jpeg(grade=2, seed=9)))
+    encoded = []
+    for mode, fmt in (("RGBA", "PNG"), ("L", "PNG"), ("P", "PNG"), ("CMYK", "JPEG")):
+        buffer = io.BytesIO()
+        source.convert(mode).save(buffer, format=fmt)
+        encoded.append((buffer.getvalue(), f"{mode}.{fmt.lower()}"))
+    _, ids = submit(encoded)
+    report = grade_images(runtime, ids)
+    assert (report.graded, report.failed) == (4, 0)
