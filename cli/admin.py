@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from common.apikeys import create_programme, issue_api_key, revoke_api_key
 from common.db import engine_from_settings, make_sessionmaker
@@ -13,14 +16,18 @@ from common.schema import SchemaNotAtHead, assert_schema_at_head
 from common.settings import get_settings
 
 
-def _sessions() -> sessionmaker[Session]:
-    """Sessions on a database whose schema is current, or a clear error."""
+@contextmanager
+def admin_session() -> Iterator[Session]:
+    """One transaction on a database whose schema is current; the engine is released after."""
     engine = engine_from_settings(get_settings())
     try:
         assert_schema_at_head(engine)
+        with make_sessionmaker(engine).begin() as session:
+            yield session
     except SchemaNotAtHead as error:
         raise click.ClickException(str(error)) from error
-    return make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 @click.group("admin")
@@ -32,7 +39,7 @@ def admin() -> None:
 @click.argument("name")
 def create_programme_command(name: str) -> None:
     """Create a programme; its API key is printed once, alone on the last line."""
-    with _sessions().begin() as session:
+    with admin_session() as session:
         if session.scalar(select(Programme.id).where(Programme.name == name)):
             raise click.ClickException(f"a programme named {name!r} already exists")
         programme, key = create_programme(session, name)
@@ -45,7 +52,7 @@ def create_programme_command(name: str) -> None:
 @click.argument("programme_name")
 def create_key(programme_name: str) -> None:
     """Issue another key for a programme (printed once, alone on the last line)."""
-    with _sessions().begin() as session:
+    with admin_session() as session:
         programme = session.scalar(select(Programme).where(Programme.name == programme_name))
         if programme is None:
             raise click.ClickException(f"no programme named {programme_name!r}")
@@ -57,7 +64,7 @@ def create_key(programme_name: str) -> None:
 @admin.command("list-keys")
 def list_keys() -> None:
     """List keys by prefix (never the key itself)."""
-    with _sessions().begin() as session:
+    with admin_session() as session:
         rows = session.execute(
             select(Programme.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
             .join(ApiKey, ApiKey.programme_id == Programme.id)
@@ -72,7 +79,7 @@ def list_keys() -> None:
 @click.argument("prefix")
 def revoke_key(prefix: str) -> None:
     """Revoke the key with this prefix; it stops working at once."""
-    with _sessions().begin() as session:
+    with admin_session() as session:
         if not revoke_api_key(session, prefix):
             raise click.ClickException(f"no active key with prefix {prefix!r}")
     click.echo(f"revoked {prefix}")

@@ -55,7 +55,6 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         # Grading tasks are long and batched; do not let one worker hoard the queue.
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app

@@ -37,9 +37,7 @@ def test_exactly_one_head() -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_upgrade_from_empty_matches_the_models(
-    backend: str, empty_database: str, tmp_path
-) -> None:
+def test_upgrade_from_empty_matches_the_models(backend: str, empty_database: str, tmp_path) -> None:
     url = empty_database if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
     upgrade_to_head(url)
     engine = create_engine(url)
