@@ -98,7 +98,7 @@ def demo(var_dir: Path, samples: Path, timeout: float) -> None:
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
     settings = Settings(var_dir=var_dir, database_url="", broker_url="", storage_dir=None)
-    upgrade_to_head(settings.database_url)
+    upgrade_to_head(settings.database_url, quiet=True)
     engine = engine_from_settings(settings)
     with make_sessionmaker(engine).begin() as session:
         _, key = create_programme(session, "Demo screening programme")

@@ -25,9 +25,11 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade_to_head(database_url: str) -> None:
-    """Apply every pending migration."""
-    command.upgrade(alembic_config(database_url), "head")
+def upgrade_to_head(database_url: str, *, quiet: bool = False) -> None:
+    """Apply every pending migration; ``quiet`` leaves the caller's logging alone."""
+    config = alembic_config(database_url)
+    config.attributes["configure_logger"] = not quiet
+    command.upgrade(config, "head")
 
 
 def head_revision(database_url: str) -> str | None:

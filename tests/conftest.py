@@ -74,7 +74,7 @@ def database_url() -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade_to_head(url)
+    upgrade_to_head(url, quiet=True)
     yield url
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -40,10 +40,14 @@ _runtime: WorkerRuntime | None = None
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
     """Check the schema, connect, and load the model named by settings."""
+    engine = engine_from_settings(settings)
+    try:
+        assert_schema_at_head(engine)
+    except Exception:
+        engine.dispose()
+        raise
     from worker.model import configure_devices, load_model  # TensorFlow: after any fork
 
-    engine = engine_from_settings(settings)
-    assert_schema_at_head(engine)
     devices = configure_devices()
     log.info("devices: %s", ", ".join(devices))
     model = load_model(settings.model_path, settings.grading_batch_size)

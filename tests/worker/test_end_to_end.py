@@ -167,3 +167,34 @@ def test_cli_submit_waits_and_writes_the_csv(
     assert len(rows) == sample_count
     assert all(r["state"] == "graded" and r["grade"] in "01234" for r in rows)
     assert all(r["patient_id"].startswith("P") and r["laterality"] in ("L", "R") for r in rows)
+
+    env = {**os.environ, "RETINAQ_API_URL": live_stack, "RETINAQ_API_KEY": key}
+    status_url = completed.stdout.strip()
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "status", status_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "completed" in shown.stdout
+    assert f"graded={sample_count}" in shown.stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "cli", "results", status_url.rsplit("/", 1)[-1]],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    assert all(r["filename"] in table.stdout for r in rows)
+    denied = subprocess.run(
+        [sys.executable, "-m", "cli", "status", status_url],
+        env={**env, "RETINAQ_API_KEY": "rq_wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert denied.returncode == 1
+    assert "invalid_api_key" in denied.stderr
