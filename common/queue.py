@@ -22,12 +22,14 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         folder = Path(settings.broker_url.removeprefix("filesystem://"))
         queue_dir = folder / "queue"
         processed_dir = folder / "processed"
-        for path in (queue_dir, processed_dir):
+        control_dir = folder / "control"
+        for path in (queue_dir, processed_dir, control_dir):
             path.mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
             "processed_folder": str(processed_dir),
+            "control_folder": str(control_dir),
             "store_processed": False,
             "polling_interval": 0.2,
         }

@@ -38,6 +38,7 @@ def test_demo_grades_every_sample_and_shuts_down(tmp_path: Path) -> None:
     assert sorted(r["filename"] for r in rows) == samples
     assert all(r["state"] == "graded" for r in rows)
     assert all(r["grade_name"] for r in rows)
-    # Both children are gone: nothing listens on the demo's files any more.
     assert "Traceback" not in (var / "worker.log").read_text()
     assert (var / "retinaq.sqlite3").is_file()
+    assert (var / "broker" / "control").is_dir()
+    assert not (PROJECT_ROOT / "control").exists(), "the broker wrote outside its folder"
