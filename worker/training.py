@@ -8,6 +8,7 @@ worker will feed it, so what the held-out metrics measure is what serving will s
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,19 +16,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import keras
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from common import metrics
-from common.imaging import ImageDecodeError, normalise, prepare_pixels
-from common.manifest import (
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import metrics  # noqa: E402
+from common.imaging import ImageDecodeError, normalise, prepare_pixels  # noqa: E402
+from common.manifest import (  # noqa: E402
     GRADE_NAMES,
     REFERABLE_MIN_GRADE,
     ModelManifest,
     file_sha256,
     write_manifest,
 )
-from common.synth import encode_image, iter_dataset
+from common.synth import encode_image, iter_dataset  # noqa: E402
 
 MODEL_NAME = "model.keras"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
@@ -53,7 +57,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 2e-3
     val_fraction: float = 0.2
-    patience: int = 4
+    patience: int = 6
     referable_threshold: float = 0.5
     seed: int = 0
 
@@ -79,7 +83,7 @@ def build_model(input_size: int, seed: int = 0) -> keras.Model:
     x = inputs
     for filters in (16, 32, 48, 64, 96):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -295,6 +299,7 @@ def train(config: TrainConfig, progress: Progress = print) -> ModelManifest:
     probabilities = model.predict(val_x, batch_size=64, verbose=0)
     scores = evaluate(probabilities, val_grades, config.referable_threshold)
     scores["epochs_trained"] = len(history.history["loss"])
+    scores["best_epoch"] = stopper.best_epoch + 1  # whose weights were kept
     scores["train_seconds"] = round(train_seconds, 1)
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
