@@ -42,16 +42,22 @@ def utcnow() -> datetime:
 
 
 class ImageState(enum.StrEnum):
-    """Life of one image. Terminal states: graded, ungradable, failed."""
+    """Life of one image. Terminal states: graded, ungradable, failed, cancelled."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     GRADED = "graded"
     UNGRADABLE = "ungradable"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-TERMINAL_IMAGE_STATES = (ImageState.GRADED, ImageState.UNGRADABLE, ImageState.FAILED)
+TERMINAL_IMAGE_STATES = (
+    ImageState.GRADED,
+    ImageState.UNGRADABLE,
+    ImageState.FAILED,
+    ImageState.CANCELLED,
+)
 PENDING_IMAGE_STATES = (ImageState.QUEUED, ImageState.PROCESSING)
 
 
@@ -63,6 +69,7 @@ class BatchState(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
+    CANCELLED = "cancelled"
 
 
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
@@ -99,6 +106,9 @@ class Programme(Base):
     id: Mapped[UuidPk]
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[Timestamp]
+    # Quotas; NULL means the deployment-wide default from settings.
+    max_pending_images: Mapped[int | None] = mapped_column(Integer)
+    max_images_per_minute: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -114,6 +124,7 @@ class ApiKey(Base):
     key_hash: Mapped[Sha256] = mapped_column(unique=True)
     created_at: Mapped[Timestamp]
     revoked_at: Mapped[OptionalTimestamp]
+    expires_at: Mapped[OptionalTimestamp]
 
 
 class Batch(Base):
@@ -140,6 +151,10 @@ class Image(Base):
         Index("ix_images_batch_id_state", "batch_id", "state"),
         Index("ix_images_batch_id_id", "batch_id", "id"),
         Index("ix_images_programme_id_id", "programme_id", "id"),
+        Index("ix_images_programme_id_state", "programme_id", "state"),
+        Index("ix_images_programme_id_created_at", "programme_id", "created_at"),
+        Index("ix_images_state_enqueued_at", "state", "enqueued_at"),
+        Index("ix_images_state_lease_expires_at", "state", "lease_expires_at"),
         CheckConstraint("laterality IN ('L', 'R')", name="laterality"),
     )
 
@@ -157,7 +172,11 @@ class Image(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[Timestamp]
+    # When a grading task for this image was last sent; the reconciler re-sends stale ones.
+    enqueued_at: Mapped[OptionalTimestamp]
     started_at: Mapped[OptionalTimestamp]
+    # A processing claim is presumed dead after this moment and the image is re-enqueued.
+    lease_expires_at: Mapped[OptionalTimestamp]
     finished_at: Mapped[OptionalTimestamp]
 
 
@@ -185,4 +204,41 @@ class Result(Base):
     model_version: Mapped[str] = mapped_column(String(50))
     model_sha256: Mapped[Sha256]
     inference_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[Timestamp]
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``: the first response is replayed for identical retries."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("programme_id", "key", name="uq_idempotency_keys_programme_id_key"),
+    )
+
+    id: Mapped[UuidPk]
+    programme_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("programmes.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_fingerprint: Mapped[Sha256]
+    # NULL while the first request is still being processed.
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    response_body: Mapped[dict[str, Any] | None]
+    response_headers: Mapped[dict[str, Any] | None]
+    created_at: Mapped[Timestamp]
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AuditEvent(Base):
+    """Append-only record of who did what: submissions, result reads, exports, deletions."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_programme_id_id", "programme_id", "id"),)
+
+    id: Mapped[UuidPk]
+    programme_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("programmes.id"))
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]]
     created_at: Mapped[Timestamp]

@@ -30,7 +30,17 @@ class Settings(BaseSettings):
 
     queue_name: str = "retinaq.grading"
     grading_batch_size: int = Field(default=32, ge=1, le=1024)
-    visibility_timeout_s: int = Field(default=3600, ge=60)
+    lease_s: int = Field(
+        default=900, ge=1, description="A processing claim's lifetime; longer than any task."
+    )
+    requeue_after_s: int = Field(default=600, ge=1, description="Re-send queued work after.")
+    max_attempts: int = Field(default=5, ge=1)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=60.0, ge=0)
+
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    default_max_pending_images: int = Field(default=2_000_000, ge=1)
+    default_max_images_per_minute: int = Field(default=200_000, ge=1)
 
     max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -54,6 +64,16 @@ class Settings(BaseSettings):
         if self.storage_dir is None:
             object.__setattr__(self, "storage_dir", var / "images")
         return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Redis redelivers an unacknowledged task after twice the lease, never mid-claim."""
+        return 2 * self.lease_s
+
+    @property
+    def is_redis_broker(self) -> bool:
+        """True for the production broker."""
+        return self.broker_url.startswith(("redis://", "rediss://"))
 
     @property
     def image_store(self) -> Path:

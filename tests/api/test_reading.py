@@ -28,6 +28,7 @@ def test_status_counts_and_retry_after(
         "graded": 0,
         "ungradable": 0,
         "failed": 0,
+        "cancelled": 0,
     }
     assert body["grades"] == {"0": 0, "1": 0, "2": 0, "3": 0, "4": 0}
     assert body["referable_count"] == 0
