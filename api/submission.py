@@ -13,8 +13,8 @@ from api.errors import ApiError
 from api.state import ApiState
 from api.uploads import ImageMetadata, display_filename
 from common.ids import uuid7
-from common.models import Batch, Image, ImageState
-from common.queue import GRADE_IMAGES_TASK, chunked
+from common.models import Batch, Image, ImageState, utcnow
+from common.queue import send_grading
 from common.storage import HashingSpool
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def record_images(
             f"metadata lists files not in this request: {', '.join(unmatched[:10])}",
         )
     ids: list[uuid.UUID] = []
+    now = utcnow()
     for upload, name in zip(files, names, strict=True):
         spool = upload.stream
         if not isinstance(spool, HashingSpool):
@@ -58,6 +59,8 @@ def record_images(
                 laterality=facts.laterality,
                 state=ImageState.QUEUED,
                 attempts=0,
+                created_at=now,
+                enqueued_at=now,
             )
         )
     # An SQL increment, so concurrent uploads into one open batch never lose a count.
@@ -74,17 +77,9 @@ def enqueue_grading(state: ApiState, image_ids: list[uuid.UUID]) -> None:
     """Send one grading task per micro-batch of ids, only after the rows are committed.
 
     A failed publish is logged, not raised: the rows are durable and stay ``queued``, and
-    the database, not the broker, is what says which images still need grading.
+    the reconciler re-sends queued images whose ``enqueued_at`` has grown stale.
     """
-    size = state.settings.grading_batch_size
     try:
-        for chunk in chunked([str(i) for i in image_ids], size):
-            state.celery.send_task(
-                GRADE_IMAGES_TASK,
-                args=[chunk],
-                queue=state.settings.queue_name,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-            )
+        send_grading(state.celery, state.settings, image_ids)
     except Exception:
         log.exception("could not enqueue %d image(s); they stay queued", len(image_ids))

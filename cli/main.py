@@ -9,7 +9,7 @@ import click
 from cli.admin import admin
 from cli.demo import demo
 from cli.modelling import synth, train
-from cli.servers import api, db, worker
+from cli.servers import api, db, reconcile, worker
 from cli.submitting import results, status, submit
 
 
@@ -20,5 +20,5 @@ def cli() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (demo, submit, status, results, admin, db, api, worker, synth, train):
+for command in (demo, submit, status, results, admin, db, api, worker, reconcile, synth, train):
     cli.add_command(command)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 
 import click
 
@@ -90,3 +93,43 @@ def worker(celery_args: tuple[str, ...]) -> None:
     if not any(a.startswith(("--loglevel", "-l")) for a in celery_args):
         argv.append(f"--loglevel={settings.log_level}")
     _exec([*argv, *celery_args])
+
+
+@click.command("reconcile")
+@click.option("--once", is_flag=True, help="Run one pass and exit.")
+@click.option("--interval", type=float, help="Seconds between passes (default from settings).")
+def reconcile(once: bool, interval: float | None) -> None:
+    """Re-send grading for work the broker lost; fail images out of attempts."""
+    from common.db import make_sessionmaker
+    from common.queue import make_celery
+    from common.reconciler import reconcile_once
+
+    require_schema_at_head()
+    settings = get_settings()
+    logging.getLogger("common").setLevel(settings.log_level)
+    engine = engine_from_settings(settings)
+    sessions = make_sessionmaker(engine)
+    celery = make_celery(settings, name="retinaq-reconciler")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pause = interval if interval is not None else settings.reconcile_interval_s
+    click.echo(f"reconciler: a pass every {pause:g}s", err=True)
+    try:
+        while True:
+            try:
+                report = reconcile_once(sessions, celery, settings)
+                if once:
+                    click.echo(
+                        f"requeued={report.requeued} lease_expired={report.lease_expired} "
+                        f"exhausted={report.exhausted}"
+                    )
+            except Exception as error:  # a pass fails whole; the next one starts afresh
+                if once:
+                    raise
+                click.echo(f"reconciler pass failed: {error.__class__.__name__}", err=True)
+            if once or stop.wait(pause):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.dispose()

@@ -57,9 +57,24 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         # Grading tasks are long and batched; do not let one worker hoard the queue.
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # SIGTERM (warm shutdown) finishes the micro-batch in hand and stops consuming; on a
+        # cold shutdown the task in hand still gets this long before the worker exits.
+        worker_soft_shutdown_timeout=settings.shutdown_timeout_s,
         enable_utc=True,
     )
     return app
+
+
+def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
+    """One grading task per micro-batch of ids; a broker hiccup is retried briefly."""
+    for chunk in chunked([str(i) for i in image_ids], settings.grading_batch_size):
+        celery.send_task(
+            GRADE_IMAGES_TASK,
+            args=[chunk],
+            queue=settings.queue_name,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:

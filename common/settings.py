@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
+    db_retry_s: float = Field(default=120.0, ge=0, description="Worker rides out DB outages.")
 
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     default_max_pending_images: int = Field(default=2_000_000, ge=1)

@@ -12,11 +12,11 @@ SERVICES = COMPOSE["services"]
 
 
 def test_all_services_are_present() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker", "reconciler"}
 
 
 def test_services_needing_the_database_wait_for_the_migration() -> None:
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "reconciler"):
         env = SERVICES[name]["environment"]
         assert env["RETINAQ_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == (
@@ -49,3 +49,14 @@ def test_api_and_worker_share_the_image_store() -> None:
 
 def test_api_runs_gunicorn_through_the_cli() -> None:
     assert SERVICES["api"]["command"][:2] == ["retinaq", "api"]
+
+
+def test_redis_keeps_tasks_across_restarts_and_never_evicts() -> None:
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_reconciler_runs_the_cli_loop() -> None:
+    assert SERVICES["reconciler"]["command"] == ["retinaq", "reconcile"]

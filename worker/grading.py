@@ -1,9 +1,11 @@
 """Grading a micro-batch of images: claim, decode, predict, record, all guarded by state.
 
-An image is *claimed* by one guarded UPDATE that moves it to ``processing`` and bumps
-``attempts``; that attempt number fences the final write, so if the task is delivered
-twice only the latest claim can record a result. A result row and the image's move to
-``graded`` commit together, and a bad image fails alone without touching its neighbours.
+An image is *claimed* by one guarded UPDATE that moves it to ``processing``, bumps
+``attempts`` and sets a lease deadline; the attempt number fences the final write, so if
+a task is delivered twice only the latest claim can record a result. A result row and the
+image's move to ``graded`` commit together, and a bad image fails alone. Identical bytes
+are graded once: within a task by content hash, and across tasks by reusing the result
+the same model already gave the same programme's identical image.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,13 +26,12 @@ from common.batch_progress import mark_batches_processing, settle_batch
 from common.imaging import ImageDecodeError, normalise, prepare_pixels
 from common.models import PENDING_IMAGE_STATES, Image, ImageState, Result, utcnow
 from common.results import interpret_probabilities
+from worker.db_retry import with_db_retry
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Claim:
 
     image_id: uuid.UUID
     batch_id: uuid.UUID
+    programme_id: uuid.UUID
+    sha256: str
     storage_path: str
     attempt: int
 
@@ -51,39 +55,147 @@ class GradingReport:
     failed: int = 0
     skipped: int = 0
     fenced_out: int = 0
+    inferred: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingReport:
     """Grade these images (those still pending); safe to call again with the same ids."""
+    settings = runtime.settings
     report = GradingReport()
-    with runtime.sessions.begin() as session:
-        claims = claim_images(session, image_ids)
+
+    def claim() -> list[Claim]:
+        with runtime.sessions.begin() as session:
+            return claim_images(
+                session, image_ids, max_attempts=settings.max_attempts, lease_s=settings.lease_s
+            )
+
+    claims = with_db_retry(claim, budget_s=settings.db_retry_s)
     report.claimed = len(claims)
     report.skipped = len(set(image_ids)) - len(claims)
     if not claims:
         return report
 
+    known = with_db_retry(
+        lambda: _known_probabilities(runtime, claims), budget_s=settings.db_retry_s
+    )
+    firsts = list({c.sha256: c for c in reversed(claims) if c.sha256 not in known}.values())
+
     clock = time.perf_counter()
-    pixels, decoded, failures = decode_claims(runtime, claims)
+    pixels, decoded, failed_firsts = decode_claims(runtime, firsts)
     report.timings_ms["decode"] = (time.perf_counter() - clock) * 1000
 
     clock = time.perf_counter()
-    probabilities = np.zeros((0, len(runtime.model.manifest.class_names)))
     if decoded:
         inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
-        probabilities = runtime.model.predict(inputs)
+        for claim_, probs in zip(decoded, runtime.model.predict(inputs), strict=True):
+            known[claim_.sha256] = probs
+    report.inferred = len(decoded)
     report.timings_ms["infer"] = (time.perf_counter() - clock) * 1000
 
-    clock = time.perf_counter()
+    errors = {c.sha256: error for c, error in failed_firsts}
+    predictions = [(c, known[c.sha256]) for c in claims if c.sha256 in known]
+    failures = [(c, errors[c.sha256]) for c in claims if c.sha256 in errors]
     per_image_ms = report.timings_ms["infer"] / max(len(decoded), 1)
-    graded, failed = record_outcomes(
-        runtime, claims, list(zip(decoded, probabilities, strict=True)), failures, per_image_ms
+
+    clock = time.perf_counter()
+    graded, failed = with_db_retry(
+        lambda: record_outcomes(runtime, claims, predictions, failures, per_image_ms),
+        budget_s=settings.db_retry_s,
     )
     report.graded, report.failed = graded, failed
     report.fenced_out = len(claims) - graded - failed
     report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
     return report
+
+
+def claim_images(
+    session: Session, image_ids: list[uuid.UUID], *, max_attempts: int, lease_s: int
+) -> list[Claim]:
+    """Move pending images to ``processing`` with a new attempt; fail the exhausted ones."""
+    ids = list(dict.fromkeys(image_ids))
+    now = utcnow()
+    exhausted = session.execute(
+        update(Image)
+        .where(
+            Image.id.in_(ids),
+            Image.state.in_(PENDING_IMAGE_STATES),
+            Image.attempts >= max_attempts,
+        )
+        .values(
+            state=ImageState.FAILED,
+            error_code="too_many_attempts",
+            error_message=f"grading was attempted {max_attempts} times without finishing",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        .returning(Image.batch_id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    for batch_id in set(exhausted):
+        settle_batch(session, batch_id)
+    rows = session.execute(
+        update(Image)
+        .where(Image.id.in_(ids), Image.state.in_(PENDING_IMAGE_STATES))
+        .values(
+            state=ImageState.PROCESSING,
+            attempts=Image.attempts + 1,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+        )
+        .returning(
+            Image.id,
+            Image.batch_id,
+            Image.programme_id,
+            Image.sha256,
+            Image.storage_path,
+            Image.attempts,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    claims = [Claim(*row) for row in rows]
+    mark_batches_processing(session, {c.batch_id for c in claims})
+    order = {image_id: position for position, image_id in enumerate(ids)}
+    return sorted(claims, key=lambda c: order[c.image_id])
+
+
+def _known_probabilities(runtime: WorkerRuntime, claims: list[Claim]) -> dict[str, np.ndarray]:
+    """Probabilities this model already gave identical bytes of the same programme."""
+    model_sha = runtime.model.manifest.sha256
+    pairs = {(c.programme_id, c.sha256) for c in claims}
+    with runtime.sessions() as session:
+        rows = session.execute(
+            select(Image.sha256, Result.probabilities)
+            .join(Result, Result.image_id == Image.id)
+            .where(
+                tuple_(Image.programme_id, Image.sha256).in_(pairs),
+                Result.model_sha256 == model_sha,
+            )
+        ).all()
+    return {sha: np.asarray(probs, dtype=np.float64) for sha, probs in rows}
+
+
+def decode_claims(
+    runtime: WorkerRuntime, claims: list[Claim]
+) -> tuple[list[np.ndarray], list[Claim], list[tuple[Claim, ImageDecodeError]]]:
+    """Read and preprocess each claimed image; a bad one becomes a failure, not an exception."""
+    size = runtime.model.manifest.input_size
+    max_pixels = runtime.settings.max_image_pixels
+    pixels: list[np.ndarray] = []
+    decoded: list[Claim] = []
+    failures: list[tuple[Claim, ImageDecodeError]] = []
+    for claim in claims:
+        try:
+            data = runtime.store.read(claim.storage_path)
+            pixels.append(prepare_pixels(data, size=size, max_pixels=max_pixels))
+            decoded.append(claim)
+        except FileNotFoundError:
+            failures.append(
+                (claim, ImageDecodeError("missing_file", "the stored image file is missing"))
+            )
+        except ImageDecodeError as error:
+            failures.append((claim, error))
+    return pixels, decoded, failures
 
 
 def record_outcomes(
@@ -116,61 +228,6 @@ def record_outcomes(
     return len(results), len(failed)
 
 
-def claim_images(session: Session, image_ids: list[uuid.UUID]) -> list[Claim]:
-    """Move pending images to ``processing`` with a new attempt; fail the exhausted ones."""
-    ids = list(dict.fromkeys(image_ids))
-    now = utcnow()
-    session.execute(
-        update(Image)
-        .where(
-            Image.id.in_(ids),
-            Image.state.in_(PENDING_IMAGE_STATES),
-            Image.attempts >= MAX_ATTEMPTS,
-        )
-        .values(
-            state=ImageState.FAILED,
-            error_code="too_many_attempts",
-            error_message=f"grading was attempted {MAX_ATTEMPTS} times without finishing",
-            finished_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    rows = session.execute(
-        update(Image)
-        .where(Image.id.in_(ids), Image.state.in_(PENDING_IMAGE_STATES))
-        .values(state=ImageState.PROCESSING, attempts=Image.attempts + 1, started_at=now)
-        .returning(Image.id, Image.batch_id, Image.storage_path, Image.attempts)
-        .execution_options(synchronize_session=False)
-    ).all()
-    claims = [Claim(*row) for row in rows]
-    mark_batches_processing(session, {c.batch_id for c in claims})
-    order = {image_id: position for position, image_id in enumerate(ids)}
-    return sorted(claims, key=lambda c: order[c.image_id])
-
-
-def decode_claims(
-    runtime: WorkerRuntime, claims: list[Claim]
-) -> tuple[list[np.ndarray], list[Claim], list[tuple[Claim, ImageDecodeError]]]:
-    """Read and preprocess each claimed image; a bad one becomes a failure, not an exception."""
-    size = runtime.model.manifest.input_size
-    max_pixels = runtime.settings.max_image_pixels
-    pixels: list[np.ndarray] = []
-    decoded: list[Claim] = []
-    failures: list[tuple[Claim, ImageDecodeError]] = []
-    for claim in claims:
-        try:
-            data = runtime.store.read(claim.storage_path)
-            pixels.append(prepare_pixels(data, size=size, max_pixels=max_pixels))
-            decoded.append(claim)
-        except FileNotFoundError:
-            failures.append(
-                (claim, ImageDecodeError("missing_file", "the stored image file is missing"))
-            )
-        except ImageDecodeError as error:
-            failures.append((claim, error))
-    return pixels, decoded, failures
-
-
 def _still_owned(session: Session, claims: list[Claim]) -> set[uuid.UUID]:
     """Images whose latest claim is still ours, locked until this transaction commits."""
     rows = session.scalars(
@@ -196,6 +253,7 @@ def _finish(
         .values(
             state=state,
             finished_at=utcnow(),
+            lease_expires_at=None,
             error_code=error.code if error else None,
             error_message=error.message if error else None,
         )

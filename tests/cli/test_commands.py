@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "db",
     "api",
     "worker",
+    "reconcile",
     "synth",
     "train",
 )

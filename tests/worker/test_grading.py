@@ -121,9 +121,9 @@ def test_a_superseded_claim_cannot_write(
     """A redelivered task claims again; the first, slower run is fenced out."""
     _, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(2)])
     with sessions.begin() as session:
-        stale = claim_images(session, ids)
+        stale = claim_images(session, ids, max_attempts=5, lease_s=60)
     with sessions.begin() as session:
-        fresh = claim_images(session, ids)
+        fresh = claim_images(session, ids, max_attempts=5, lease_s=60)
     assert [c.attempt for c in stale] == [1, 1]
     assert [c.attempt for c in fresh] == [2, 2]
 
@@ -199,3 +199,39 @@ def test_unusual_but_valid_formats_are_graded(
     _, ids = submit(encoded)
     report = grade_images(runtime, ids)
     assert (report.graded, report.failed) == (4, 0)
+
+
+def test_identical_bytes_are_graded_once_and_every_entry_answered(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    same = fundus_jpeg(grade=3, seed=11)
+    _, ids = submit([(same, "left.jpg"), (fundus_jpeg(seed=12), "other.jpg"), (same, "again.jpg")])
+    report = grade_images(runtime, ids)
+    assert (report.graded, report.inferred) == (3, 2)
+
+    _, later = submit([(same, "resubmitted.jpg")])
+    assert grade_images(runtime, later).inferred == 0
+    with sessions() as session:
+        rows = session.execute(
+            select(Image.filename, Result.grade, Result.probabilities)
+            .join(Result, Result.image_id == Image.id)
+            .where(Image.filename != "other.jpg")
+        ).all()
+    assert len(rows) == 3
+    assert len({(grade, tuple(probs)) for _, grade, probs in rows}) == 1
+
+
+def test_claims_carry_a_lease(
+    runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes], sessions
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=1), "a.jpg")])
+    with sessions.begin() as session:
+        claim_images(session, ids, max_attempts=5, lease_s=60)
+    with sessions() as session:
+        image = session.get_one(Image, ids[0])
+        assert image.state == ImageState.PROCESSING
+        assert image.lease_expires_at is not None
+        assert 55 <= (image.lease_expires_at - image.started_at).total_seconds() <= 61

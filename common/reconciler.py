@@ -1,0 +1,95 @@
+"""Recovery without the broker: the database says what still needs grading.
+
+Each pass re-sends grading tasks for images that are ``queued`` but whose last send is
+older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
+commit) and for images whose ``processing`` lease has expired (a worker killed with
+``kill -9``). Duplicate sends are harmless: a claim only takes pending images, and the
+attempt number fences out a superseded claim. Images out of attempts become ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.batch_progress import settle_batch
+from common.models import PENDING_IMAGE_STATES, Image, ImageState, utcnow
+from common.queue import send_grading
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCAN_LIMIT = 5000
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one pass did."""
+
+    requeued: int
+    lease_expired: int
+    exhausted: int
+
+
+def reconcile_once(
+    sessions: sessionmaker[Session], celery: Celery, settings: Settings
+) -> ReconcileReport:
+    """One pass: fail exhausted images, re-send stale queued work and expired leases."""
+    now = utcnow()
+    stale_send = now - timedelta(seconds=settings.requeue_after_s)
+    stuck = or_(
+        and_(
+            Image.state == ImageState.QUEUED,
+            or_(Image.enqueued_at.is_(None), Image.enqueued_at < stale_send),
+        ),
+        and_(Image.state == ImageState.PROCESSING, Image.lease_expires_at < now),
+    )
+    with sessions.begin() as session:
+        exhausted = session.execute(
+            update(Image)
+            .where(stuck, Image.attempts >= settings.max_attempts)
+            .values(
+                state=ImageState.FAILED,
+                error_code="too_many_attempts",
+                error_message=(
+                    f"grading was attempted {settings.max_attempts} times without finishing"
+                ),
+                finished_at=now,
+                lease_expires_at=None,
+            )
+            .returning(Image.batch_id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+        exhausted_batches = exhausted.all()
+        for batch_id in set(exhausted_batches):
+            settle_batch(session, batch_id)
+        exhausted_count = len(exhausted_batches)
+    with sessions.begin() as session:
+        rows = session.execute(
+            select(Image.id, Image.state)
+            .where(stuck, Image.state.in_(PENDING_IMAGE_STATES))
+            .order_by(Image.id)
+            .limit(SCAN_LIMIT)
+            .with_for_update(skip_locked=True)
+        ).all()
+        ids = [image_id for image_id, _ in rows]
+        expired = sum(1 for _, state in rows if state == ImageState.PROCESSING)
+        if ids:
+            # An expired claim goes back to the queue; the old claimant is fenced out by its
+            # attempt number if it ever wakes up.
+            session.execute(
+                update(Image)
+                .where(Image.id.in_(ids), Image.state.in_(PENDING_IMAGE_STATES))
+                .values(state=ImageState.QUEUED, enqueued_at=now, lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
+    send_grading(celery, settings, ids)
+    report = ReconcileReport(requeued=len(ids), lease_expired=expired, exhausted=exhausted_count)
+    if ids or exhausted_count:
+        log.info("reconciler: %s", report)
+    return report

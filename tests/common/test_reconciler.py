@@ -1,0 +1,94 @@
+"""The reconciler finds work the broker lost, against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.models import Batch, BatchState, Image, ImageState, utcnow
+from common.queue import make_celery
+from common.reconciler import reconcile_once
+from common.settings import Settings
+
+
+def _queued_ids(client: redis.Redis, queue: str) -> list[str]:
+    ids = []
+    for raw in client.lrange(queue, 0, -1):
+        ids.extend(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+    return ids
+
+
+def _submit(client: FlaskClient, auth: dict[str, str], jpeg: Callable, n: int) -> list[uuid.UUID]:
+    files = [(io.BytesIO(jpeg(seed=i)), f"{i}.jpg") for i in range(n)]
+    batch = client.post("/v1/batches", headers=auth, data={"images": files}).get_json()
+    rows = client.get(batch["links"]["results"], headers=auth).get_json()["items"]
+    return [uuid.UUID(r["image_id"]) for r in rows]
+
+
+def test_reconciler_resends_lost_work_and_fails_exhausted_images(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    fresh, stale, expired, leased, exhausted = _submit(client, auth, fundus_jpeg, 5)
+    redis_client.delete(settings.queue_name)  # as if Redis restarted empty
+    long_ago = utcnow() - timedelta(seconds=settings.requeue_after_s + 5)
+    now = utcnow()
+    with sessions.begin() as session:
+        session.execute(update(Image).where(Image.id == stale).values(enqueued_at=long_ago))
+        session.execute(
+            update(Image)
+            .where(Image.id == expired)
+            .values(state=ImageState.PROCESSING, attempts=1, lease_expires_at=now)
+        )
+        session.execute(
+            update(Image)
+            .where(Image.id == leased)
+            .values(
+                state=ImageState.PROCESSING,
+                attempts=1,
+                lease_expires_at=now + timedelta(minutes=5),
+            )
+        )
+        session.execute(
+            update(Image)
+            .where(Image.id == exhausted)
+            .values(
+                state=ImageState.PROCESSING,
+                attempts=settings.max_attempts,
+                lease_expires_at=now - timedelta(seconds=1),
+            )
+        )
+
+    celery = make_celery(settings)
+    report = reconcile_once(sessions, celery, settings)
+    assert (report.requeued, report.lease_expired, report.exhausted) == (2, 1, 1)
+    assert sorted(_queued_ids(redis_client, settings.queue_name)) == sorted(
+        [str(stale), str(expired)]
+    )
+    with sessions() as session:
+        states = dict(session.execute(select(Image.id, Image.state)).all())
+        exhausted_row = session.get_one(Image, exhausted)
+        batch_state = session.scalar(select(Batch.state))
+    assert states[fresh] == ImageState.QUEUED
+    assert states[stale] == ImageState.QUEUED
+    assert states[expired] == ImageState.QUEUED
+    assert states[leased] == ImageState.PROCESSING
+    assert exhausted_row.state == ImageState.FAILED
+    assert exhausted_row.error_code == "too_many_attempts"
+    assert batch_state == BatchState.PROCESSING
+
+    again = reconcile_once(sessions, celery, settings)
+    assert (again.requeued, again.exhausted) == (0, 0), "re-sent work is not re-sent at once"
