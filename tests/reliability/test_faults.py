@@ -1,0 +1,205 @@
+"""Break things for real: kill -9 workers, wipe Redis, restart PostgreSQL, SIGTERM a worker.
+
+Each test runs the API, the reconciler and a worker as real processes on a private
+PostgreSQL and Redis, submits 300 images over HTTP, breaks something mid-run, and then
+checks that every image was graded exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from common.apikeys import create_programme
+from common.models import Image, ImageState, Result
+from common.synth import generate_fundus
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    """300 distinct synthetic photographs (distinct bytes, so none is deduplicated)."""
+    out = []
+    for i in range(IMAGES):
+        buffer = io.BytesIO()
+        generate_fundus(i % 5, 1000 + i, 384).save(buffer, format="JPEG", quality=88)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _api_key(database_url: str) -> dict[str, str]:
+    engine = create_engine(database_url)
+    with Session(engine) as session, session.begin():
+        _, key = create_programme(session, "Fault injection")
+    engine.dispose()
+    return {"Authorization": f"Bearer {key.secret}"}
+
+
+def _submit(stack: Any, headers: dict[str, str], jpegs: list[bytes]) -> str:
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=120) as http:
+        created = http.post("/v1/batches", json={"open": True, "reference": "faults"})
+        assert created.status_code == 201, created.text
+        links = created.json()["links"]
+        for start in range(0, len(jpegs), 100):
+            files = [
+                ("images", (f"img{start + i:03d}.jpg", data, "image/jpeg"))
+                for i, data in enumerate(jpegs[start : start + 100])
+            ]
+            added = http.post(links["add_images"], files=files)
+            assert added.status_code == 202, added.text
+        assert http.post(links["close"]).status_code == 200
+        return created.headers["Location"]
+
+
+def _count(database_url: str, *states: ImageState) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.scalar(
+                    select(func.count()).select_from(Image).where(Image.state.in_(states))
+                )
+                or 0
+            )
+    except Exception:
+        return -1
+    finally:
+        engine.dispose()
+
+
+def _finished(database_url: str) -> Callable[[], bool]:
+    return lambda: _count(database_url, ImageState.QUEUED, ImageState.PROCESSING) == 0
+
+
+def _assert_graded_exactly_once(database_url: str, status_url: str, headers: dict) -> None:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        states = dict(
+            connection.execute(select(Image.state, func.count()).group_by(Image.state)).all()
+        )
+        results = connection.scalar(select(func.count()).select_from(Result))
+        distinct = connection.scalar(select(func.count(func.distinct(Result.image_id))))
+    engine.dispose()
+    assert states == {ImageState.GRADED.value: IMAGES}, states
+    assert results == distinct == IMAGES
+    body = httpx.get(status_url, headers=headers, timeout=30).json()
+    assert body["state"] == "completed"
+    assert body["counts"]["graded"] == IMAGES
+
+
+def test_kill_9_the_worker_three_times(
+    stack: Any, private_postgres: Any, jpegs: list[bytes], wait: Callable
+) -> None:
+    headers = _api_key(private_postgres.url)
+    stack.start_api()
+    stack.start_reconciler()
+    status_url = _submit(stack, headers, jpegs)
+    rng = random.Random(2026)
+    try:
+        for _ in range(3):
+            stack.start_worker()
+            done = _count(private_postgres.url, ImageState.GRADED)
+            wait(
+                lambda done=done: _count(private_postgres.url, ImageState.GRADED) > done,
+                120,
+                "the worker to make progress",
+            )
+            time.sleep(rng.uniform(0.0, 0.4))
+            stack.kill_worker()
+        assert _count(private_postgres.url, ImageState.GRADED) < IMAGES, "kills came too late"
+        stack.start_worker()
+        wait(_finished(private_postgres.url), 180, "every image to be graded")
+    except AssertionError:
+        print(stack.logs())
+        raise
+    _assert_graded_exactly_once(private_postgres.url, status_url, headers)
+
+
+def test_redis_restarts_empty_mid_run(
+    stack: Any,
+    private_postgres: Any,
+    private_redis: Any,
+    jpegs: list[bytes],
+    wait: Callable,
+) -> None:
+    headers = _api_key(private_postgres.url)
+    stack.start_api()
+    stack.start_reconciler()
+    status_url = _submit(stack, headers, jpegs)
+    try:
+        stack.start_worker()
+        wait(lambda: _count(private_postgres.url, ImageState.GRADED) > 0, 120, "first results")
+        private_redis.stop()
+        private_redis.start()  # same port, nothing kept: every queued task is gone
+        assert _count(private_postgres.url, ImageState.GRADED) < IMAGES, "wipe came too late"
+        wait(_finished(private_postgres.url), 180, "every image to be graded")
+    except AssertionError:
+        print(stack.logs())
+        raise
+    _assert_graded_exactly_once(private_postgres.url, status_url, headers)
+
+
+def test_postgres_restarts_mid_run_and_the_api_answers_503(
+    stack: Any, private_postgres: Any, jpegs: list[bytes], wait: Callable
+) -> None:
+    headers = _api_key(private_postgres.url)
+    stack.start_api()
+    stack.start_reconciler()
+    status_url = _submit(stack, headers, jpegs)
+    try:
+        stack.start_worker()
+        wait(lambda: _count(private_postgres.url, ImageState.GRADED) > 0, 120, "first results")
+        private_postgres.stop()
+        down = httpx.get(status_url, headers=headers, timeout=30)
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "database_unavailable"
+        assert int(down.headers["Retry-After"]) >= 1
+        ready = httpx.get(f"{stack.api_url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"database": "unavailable", "broker": "ok"}
+        time.sleep(3)
+        private_postgres.start()
+        wait(_finished(private_postgres.url), 240, "every image to be graded")
+        assert httpx.get(f"{stack.api_url}/readyz", timeout=30).status_code == 200
+    except AssertionError:
+        print(stack.logs())
+        raise
+    _assert_graded_exactly_once(private_postgres.url, status_url, headers)
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_loses_nothing(
+    stack: Any, private_postgres: Any, jpegs: list[bytes], wait: Callable
+) -> None:
+    headers = _api_key(private_postgres.url)
+    stack.start_api()
+    status_url = _submit(stack, headers, jpegs)  # no reconciler: shutdown alone must be clean
+    try:
+        stack.start_worker()
+        wait(lambda: _count(private_postgres.url, ImageState.GRADED) > 0, 120, "first results")
+        worker = stack.processes["worker"]
+        worker.send_signal(signal.SIGTERM)
+        try:
+            assert worker.wait(timeout=60) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker did not stop within 60 s of SIGTERM")
+        assert _count(private_postgres.url, ImageState.PROCESSING) == 0, "a batch was abandoned"
+        assert _count(private_postgres.url, ImageState.GRADED) < IMAGES, "SIGTERM came too late"
+        stack.start_worker()  # scaling back up picks up the rest from the broker
+        wait(_finished(private_postgres.url), 180, "every image to be graded")
+    except AssertionError:
+        print(stack.logs())
+        raise
+    _assert_graded_exactly_once(private_postgres.url, status_url, headers)
