@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import engine_from_settings, make_sessionmaker
@@ -47,6 +48,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         engine.dispose()
         raise
     from worker.model import configure_devices, load_model  # TensorFlow: after any fork
+
+    # Pillow's own decompression-bomb guard, set explicitly to the same limit we enforce.
+    PILImage.MAX_IMAGE_PIXELS = settings.max_image_pixels
 
     devices = configure_devices()
     log.info("devices: %s", ", ".join(devices))
