@@ -92,3 +92,35 @@ def test_reconciler_resends_lost_work_and_fails_exhausted_images(
 
     again = reconcile_once(sessions, celery, settings)
     assert (again.requeued, again.exhausted) == (0, 0), "re-sent work is not re-sent at once"
+
+
+def test_an_image_committed_but_never_enqueued_is_found(
+    make_app: Callable,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    """The broker is down when the API commits: 202 all the same, and the reconciler sends it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    app = make_app(broker_url=f"redis://127.0.0.1:{dead_port}/0")
+    response = app.test_client().post(
+        "/v1/batches",
+        headers=auth,
+        data={"images": [(io.BytesIO(fundus_jpeg(seed=5)), "a.jpg")]},
+    )
+    assert response.status_code == 202
+    assert redis_client.llen(settings.queue_name) == 0
+    with sessions.begin() as session:
+        image_id = session.scalars(select(Image.id)).one()
+        session.execute(
+            update(Image).values(enqueued_at=utcnow() - timedelta(seconds=settings.requeue_after_s))
+        )
+    report = reconcile_once(sessions, make_celery(settings), settings)
+    assert report.requeued == 1
+    assert _queued_ids(redis_client, settings.queue_name) == [str(image_id)]
