@@ -6,9 +6,11 @@ import logging
 
 from flask import Blueprint, Flask, request
 
-from api import batches, health, images
+from api import batches, health, images, retention
 from api.auth import authenticate
 from api.errors import register_error_handlers
+from api.idempotency import begin_idempotent_request, finish_idempotent_request
+from api.request_ids import assign_request_id, echo_request_id
 from api.state import ApiState, close_db_session
 from api.uploads import StreamingRequest
 from common.db import engine_from_settings, make_sessionmaker
@@ -45,11 +47,16 @@ def create_app(settings: Settings) -> Flask:
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")
     v1.before_request(authenticate)
+    v1.before_request(begin_idempotent_request)
+    v1.after_request(finish_idempotent_request)
     v1.register_blueprint(batches.bp)
     v1.register_blueprint(images.bp)
+    v1.register_blueprint(retention.bp)
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
 
+    app.before_request(assign_request_id)
+    app.after_request(echo_request_id)
     register_error_handlers(app)
     app.teardown_appcontext(close_db_session)
     app.teardown_request(_discard_uncommitted_uploads)

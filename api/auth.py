@@ -13,7 +13,7 @@ from common.apikeys import programme_for_key
 
 
 def authenticate() -> None:
-    """``before_request`` hook: resolve the key to its programme or answer 401."""
+    """``before_request`` hook: resolve the key to its programme and prefix, or answer 401."""
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -23,15 +23,16 @@ def authenticate() -> None:
             "send 'Authorization: Bearer <api key>'",
             {"WWW-Authenticate": 'Bearer realm="retinaq"'},
         )
-    programme_id = programme_for_key(db_session(), secret.strip())
-    if programme_id is None:
+    holder = programme_for_key(db_session(), secret.strip())
+    if holder is None:
         raise ApiError(
             401,
             "invalid_api_key",
-            "the API key is unknown or revoked",
+            "the API key is unknown, revoked or expired",
             {"WWW-Authenticate": 'Bearer realm="retinaq", error="invalid_token"'},
         )
-    g.programme_id = programme_id
+    g.programme_id = holder.programme_id
+    g.key_prefix = holder.prefix
 
 
 def scope() -> ProgrammeScope:

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from api.audit import audit, audit_read
 from api.auth import scope
 from api.errors import ApiError, not_found
 from api.pagination import decode_cursor, encode_cursor, parse_limit
@@ -19,7 +20,11 @@ from common.models import Batch, BatchState, utcnow
 
 bp = Blueprint("batches", __name__)
 
-FINISHED_BATCH_STATES = (BatchState.COMPLETED, BatchState.COMPLETED_WITH_ERRORS)
+FINISHED_BATCH_STATES = (
+    BatchState.COMPLETED,
+    BatchState.COMPLETED_WITH_ERRORS,
+    BatchState.CANCELLED,
+)
 MAX_REFERENCE_LENGTH = 200
 
 
@@ -71,6 +76,7 @@ def create_batch() -> Response:
     session.add(batch)
     session.flush()
     image_ids = record_images(session, state, batch, files, metadata)
+    audit("batch.create", "batch", batch.id, {"open": False, "image_count": len(image_ids)})
     session.commit()
     session.refresh(batch)
     enqueue_grading(state, image_ids)
@@ -99,6 +105,8 @@ def _create_open_batch() -> Response:
     )
     session = db_session()
     session.add(batch)
+    session.flush()
+    audit("batch.create", "batch", batch.id, {"open": True, "image_count": 0})
     session.commit()
     return _created(batch_brief(batch), 201, batch)
 
@@ -115,6 +123,7 @@ def add_images(batch_id: uuid.UUID) -> Response:
     if batch.state != BatchState.OPEN:
         raise ApiError(409, "batch_closed", "the batch is closed; create a new batch")
     image_ids = record_images(session, state, batch, files, metadata)
+    audit("batch.add_images", "batch", batch.id, {"added": len(image_ids)})
     session.commit()
     session.refresh(batch)
     enqueue_grading(state, image_ids)
@@ -130,13 +139,20 @@ def close_batch(batch_id: uuid.UUID) -> Response:
     """No more images will come; closing twice is harmless."""
     session = db_session()
     batch = _owned_batch(batch_id, for_update=True)
-    if batch.state == BatchState.OPEN:
+    was_open = batch.state == BatchState.OPEN
+    if was_open:
         batch.closed_at = utcnow()
         batch.state = BatchState.QUEUED
         session.flush()
         settle_batch(session, batch.id)
-        session.commit()
         session.refresh(batch)
+    audit(
+        "batch.close",
+        "batch",
+        batch.id,
+        {"closed_now": was_open, "state": batch.state.value, "image_count": batch.image_count},
+    )
+    session.commit()
     return jsonify(batch_brief(batch))
 
 
@@ -145,6 +161,7 @@ def get_batch(batch_id: uuid.UUID) -> Response:
     """Status with counts; ``Retry-After`` tells pollers when to come back."""
     batch = _owned_batch(batch_id)
     response = jsonify(batch_status(batch, scope().batch_summary(batch)))
+    audit_read("batch.read", "batch", batch.id, {"state": batch.state.value})
     if batch.state not in FINISHED_BATCH_STATES:
         response.headers["Retry-After"] = str(api_state().settings.status_retry_after_s)
     return response
@@ -170,7 +187,7 @@ def list_batches() -> Response:
     return jsonify({"items": [batch_brief(b) for b in page], "links": links})
 
 
-def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any) -> Response:
+def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any, audit_action: str) -> Response:
     settings = api_state().settings
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
@@ -191,18 +208,22 @@ def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any) -> Response:
             cursor=encode_cursor(page[-1][0].id),
             _external=True,
         )
-    return jsonify(
+    response = jsonify(
         {"batch_id": str(batch.id), "items": [render(i, r) for i, r in page], "links": links}
     )
+    audit_read(audit_action, "batch", batch.id, {"items": len(page)})
+    return response
 
 
 @bp.get("/batches/<uuid:batch_id>/results")
 def list_results(batch_id: uuid.UUID) -> Response:
     """One row per image in submission order: grade and referral, or state and error."""
-    return _image_listing(batch_id, "v1.batches.list_results", result_row)
+    return _image_listing(batch_id, "v1.batches.list_results", result_row, "results.read")
 
 
 @bp.get("/batches/<uuid:batch_id>/images")
 def list_images(batch_id: uuid.UUID) -> Response:
     """The batch's images as submitted: names, hashes, metadata, states."""
-    return _image_listing(batch_id, "v1.batches.list_images", lambda i, _r: image_record(i))
+    return _image_listing(
+        batch_id, "v1.batches.list_images", lambda i, _r: image_record(i), "images.read"
+    )

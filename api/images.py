@@ -6,6 +6,7 @@ import uuid
 
 from flask import Blueprint, Response, jsonify
 
+from api.audit import audit_read
 from api.auth import scope
 from api.errors import not_found
 from api.responses import image_detail
@@ -20,4 +21,6 @@ def get_image(image_id: uuid.UUID) -> Response:
     if row is None:
         raise not_found("image")
     image, result = row
-    return jsonify(image_detail(image, result))
+    response = jsonify(image_detail(image, result))
+    audit_read("results.read", "image", image.id, {"batch_id": str(image.batch_id), "items": 1})
+    return response

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from api.errors import ApiError
+from api.quotas import enforce_quotas
 from api.state import ApiState
 from api.uploads import ImageMetadata, display_filename
 from common.ids import uuid7
@@ -27,7 +28,11 @@ def record_images(
     files: list[FileStorage],
     metadata: dict[str, ImageMetadata],
 ) -> list[uuid.UUID]:
-    """Move spooled uploads into the store and add their rows; the caller commits."""
+    """Check quotas, move spooled uploads into the store and add their rows; the caller commits.
+
+    Quotas are checked before any file is stored, and again under the programme's lock once
+    the rows are ready, which the caller's commit then releases.
+    """
     names = [display_filename(f.filename) for f in files]
     unmatched = sorted(set(metadata) - set(names))
     if unmatched:
@@ -36,8 +41,9 @@ def record_images(
             "metadata_unmatched",
             f"metadata lists files not in this request: {', '.join(unmatched[:10])}",
         )
-    ids: list[uuid.UUID] = []
     now = utcnow()
+    enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
+    ids: list[uuid.UUID] = []
     for upload, name in zip(files, names, strict=True):
         spool = upload.stream
         if not isinstance(spool, HashingSpool):
@@ -63,6 +69,7 @@ def record_images(
                 enqueued_at=now,
             )
         )
+    enforce_quotas(session, state.settings, batch.programme_id, len(ids), now, lock=True)
     # An SQL increment, so concurrent uploads into one open batch never lose a count.
     session.execute(
         update(Batch)

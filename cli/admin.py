@@ -1,9 +1,12 @@
-"""``retinaq admin``: programmes and API keys, straight against the database."""
+"""``retinaq admin``: programmes, API keys and retention, straight against the database."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 from sqlalchemy import select
@@ -11,9 +14,14 @@ from sqlalchemy.orm import Session
 
 from common.apikeys import create_programme, issue_api_key, revoke_api_key
 from common.db import engine_from_settings, make_sessionmaker
-from common.models import ApiKey, Programme
+from common.models import ApiKey, Programme, utcnow
+from common.retention import purge_older_than
 from common.schema import SchemaNotAtHead, assert_schema_at_head
 from common.settings import get_settings
+from common.storage import ImageStore
+
+DEFAULT_LIMIT = "default"
+EXPIRES_IN_HELP = "The key stops working after this long: Nd (days) or Nh (hours), e.g. 90d."
 
 
 @contextmanager
@@ -30,49 +38,116 @@ def admin_session() -> Iterator[Session]:
         engine.dispose()
 
 
+class _Age(click.ParamType):
+    """An age such as ``90d`` (days) or ``12h`` (hours), at least one unit."""
+
+    name = "age"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        match = re.fullmatch(r"([0-9]+)([dh])", str(value).strip().lower())
+        if match is None or int(match[1]) < 1:
+            self.fail(f"{value!r} is not an age like 90d or 12h", param, ctx)
+        amount = int(match[1])
+        return timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount)
+
+
+class _Limit(click.ParamType):
+    """A quota: a positive whole number, or ``default`` for the deployment-wide setting."""
+
+    name = "limit"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == DEFAULT_LIMIT:
+            return DEFAULT_LIMIT
+        if not text.isdigit() or int(text) < 1:
+            self.fail(f"{value!r} is not a positive whole number or 'default'", param, ctx)
+        return int(text)
+
+
 @click.group("admin")
 def admin() -> None:
-    """Manage programmes and their API keys."""
+    """Manage programmes, their API keys, and data retention."""
+
+
+def _expiry(expires_in: timedelta | None) -> datetime | None:
+    return None if expires_in is None else utcnow() + expires_in
+
+
+def _expiry_note(expires_at: datetime | None) -> str:
+    if expires_at is None:
+        return "no expiry"
+    return f"expires {_aware(expires_at).astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 @admin.command("create-programme")
 @click.argument("name")
-def create_programme_command(name: str) -> None:
+@click.option("--expires-in", type=_Age(), help=EXPIRES_IN_HELP)
+def create_programme_command(name: str, expires_in: timedelta | None) -> None:
     """Create a programme; its API key is printed once, alone on the last line."""
+    expires_at = _expiry(expires_in)
     with admin_session() as session:
         if session.scalar(select(Programme.id).where(Programme.name == name)):
             raise click.ClickException(f"a programme named {name!r} already exists")
-        programme, key = create_programme(session, name)
-    click.echo(f"programme {name} ({programme.id}); key prefix {key.prefix}", err=True)
+        programme, key = create_programme(session, name, expires_at)
+    click.echo(
+        f"programme {name} ({programme.id}); key prefix {key.prefix}, {_expiry_note(expires_at)}",
+        err=True,
+    )
     click.echo("store this API key now; it cannot be shown again:", err=True)
     click.echo(key.secret)
 
 
 @admin.command("create-key")
 @click.argument("programme_name")
-def create_key(programme_name: str) -> None:
+@click.option("--expires-in", type=_Age(), help=EXPIRES_IN_HELP)
+def create_key(programme_name: str, expires_in: timedelta | None) -> None:
     """Issue another key for a programme (printed once, alone on the last line)."""
+    expires_at = _expiry(expires_in)
     with admin_session() as session:
         programme = session.scalar(select(Programme).where(Programme.name == programme_name))
         if programme is None:
             raise click.ClickException(f"no programme named {programme_name!r}")
-        key = issue_api_key(session, programme)
-    click.echo(f"key prefix {key.prefix}", err=True)
+        key = issue_api_key(session, programme, expires_at)
+    click.echo(f"key prefix {key.prefix}, {_expiry_note(expires_at)}", err=True)
     click.echo(key.secret)
 
 
 @admin.command("list-keys")
 def list_keys() -> None:
-    """List keys by prefix (never the key itself)."""
+    """List keys by prefix (never the key itself), with their state and expiry."""
+    now = utcnow()
     with admin_session() as session:
         rows = session.execute(
-            select(Programme.name, ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
+            select(
+                Programme.name,
+                ApiKey.prefix,
+                ApiKey.created_at,
+                ApiKey.revoked_at,
+                ApiKey.expires_at,
+            )
             .join(ApiKey, ApiKey.programme_id == Programme.id)
             .order_by(Programme.name, ApiKey.created_at)
         ).all()
-    for name, prefix, created, revoked in rows:
-        state = f"revoked {revoked:%Y-%m-%d}" if revoked else "active"
-        click.echo(f"{prefix}  {name}  created {created:%Y-%m-%d}  {state}")
+    for name, prefix, created, revoked, expires in rows:
+        if revoked:
+            state = f"revoked {revoked:%Y-%m-%d}"
+        elif expires is not None and _aware(expires) <= now:
+            state = "expired"
+        else:
+            state = "active"
+        click.echo(
+            f"{prefix}  {name}  created {created:%Y-%m-%d}  {state}  {_expiry_note(expires)}"
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes, which we wrote as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @admin.command("revoke-key")
@@ -83,3 +158,80 @@ def revoke_key(prefix: str) -> None:
         if not revoke_api_key(session, prefix):
             raise click.ClickException(f"no active key with prefix {prefix!r}")
     click.echo(f"revoked {prefix}")
+
+
+@admin.command("set-quota")
+@click.argument("programme_name")
+@click.option(
+    "--max-pending",
+    type=_Limit(),
+    help="Most images queued or processing at once (a number, or 'default').",
+)
+@click.option(
+    "--max-per-minute",
+    type=_Limit(),
+    help="Most images submitted in any 60 seconds (a number, or 'default').",
+)
+def set_quota(
+    programme_name: str, max_pending: int | str | None, max_per_minute: int | str | None
+) -> None:
+    """Set a programme's quotas; 'default' returns one to the deployment-wide setting."""
+    if max_pending is None and max_per_minute is None:
+        raise click.UsageError("give --max-pending, --max-per-minute or both")
+    settings = get_settings()
+    with admin_session() as session:
+        programme = session.scalar(select(Programme).where(Programme.name == programme_name))
+        if programme is None:
+            raise click.ClickException(f"no programme named {programme_name!r}")
+        if max_pending is not None:
+            programme.max_pending_images = _stored_limit(max_pending)
+        if max_per_minute is not None:
+            programme.max_images_per_minute = _stored_limit(max_per_minute)
+        pending, per_minute = programme.max_pending_images, programme.max_images_per_minute
+    click.echo(
+        f"{programme_name}: max pending images "
+        f"{_quota_note(pending, settings.default_max_pending_images)}, "
+        f"max images per minute "
+        f"{_quota_note(per_minute, settings.default_max_images_per_minute)}"
+    )
+
+
+def _stored_limit(value: int | str) -> int | None:
+    """NULL in the database means the deployment-wide default applies."""
+    return None if value == DEFAULT_LIMIT else int(value)
+
+
+def _quota_note(value: int | None, default: int) -> str:
+    return f"{default} (default)" if value is None else str(value)
+
+
+@admin.command("purge")
+@click.option(
+    "--older-than",
+    "age",
+    type=_Age(),
+    required=True,
+    help="Purge batches created longer ago than this: Nd (days) or Nh (hours), e.g. 90d.",
+)
+def purge(age: timedelta) -> None:
+    """Delete old batches, their results and image files no other image shares."""
+    settings = get_settings()
+    cutoff = utcnow() - age
+    engine = engine_from_settings(settings)
+    try:
+        assert_schema_at_head(engine)
+        # A plain session: the purge commits once per batch, before removing its files.
+        with make_sessionmaker(engine)() as session:
+            report = purge_older_than(session, ImageStore(settings.image_store), cutoff)
+    except SchemaNotAtHead as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        engine.dispose()
+    click.echo(f"purged batches created before {cutoff:%Y-%m-%d %H:%M} UTC")
+    click.echo(f"batches deleted: {report.batches_deleted}")
+    click.echo(f"batches cancelled first: {report.batches_cancelled}")
+    click.echo(f"images deleted: {report.images_deleted}")
+    click.echo(f"images cancelled first: {report.images_cancelled}")
+    click.echo(f"results deleted: {report.results_deleted}")
+    click.echo(f"image files removed: {report.files_removed}")
+    click.echo(f"image files kept (shared with other images): {report.files_kept}")

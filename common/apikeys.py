@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from common.models import ApiKey, Programme, utcnow
@@ -26,36 +26,61 @@ class IssuedKey:
     secret: str
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """Who presented a valid key: the programme, and the key's public prefix for the audit log."""
+
+    programme_id: uuid.UUID
+    prefix: str
+
+
 def hash_api_key(secret: str) -> str:
     """SHA-256 of the key; a fast hash suffices because keys carry 256 random bits."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def issue_api_key(session: Session, programme: Programme) -> IssuedKey:
-    """Create a key for ``programme``; the caller commits."""
+def issue_api_key(
+    session: Session, programme: Programme, expires_at: datetime | None = None
+) -> IssuedKey:
+    """A new key for ``programme``, valid until ``expires_at`` if given; the caller commits."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     prefix = secret[:PUBLIC_PREFIX_LENGTH]
-    session.add(ApiKey(programme_id=programme.id, prefix=prefix, key_hash=hash_api_key(secret)))
+    session.add(
+        ApiKey(
+            programme_id=programme.id,
+            prefix=prefix,
+            key_hash=hash_api_key(secret),
+            expires_at=expires_at,
+        )
+    )
     return IssuedKey(programme.id, prefix, secret)
 
 
-def create_programme(session: Session, name: str) -> tuple[Programme, IssuedKey]:
+def create_programme(
+    session: Session, name: str, key_expires_at: datetime | None = None
+) -> tuple[Programme, IssuedKey]:
     """A new programme with its first key; the caller commits."""
     programme = Programme(name=name)
     session.add(programme)
     session.flush()
-    return programme, issue_api_key(session, programme)
+    return programme, issue_api_key(session, programme, key_expires_at)
 
 
-def programme_for_key(session: Session, secret: str) -> uuid.UUID | None:
-    """The programme a presented key belongs to, or None when unknown or revoked."""
+def programme_for_key(
+    session: Session, secret: str, now: datetime | None = None
+) -> KeyHolder | None:
+    """The programme and prefix of a presented key, or None when unknown, revoked or expired."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
-    return session.scalar(
-        select(ApiKey.programme_id).where(
-            ApiKey.key_hash == hash_api_key(secret), ApiKey.revoked_at.is_(None)
+    moment = now or utcnow()
+    row = session.execute(
+        select(ApiKey.programme_id, ApiKey.prefix).where(
+            ApiKey.key_hash == hash_api_key(secret),
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > moment),
         )
-    )
+    ).first()
+    return None if row is None else KeyHolder(row.programme_id, row.prefix)
 
 
 def revoke_api_key(session: Session, prefix: str, when: datetime | None = None) -> bool:

@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 32
 FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
+# MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
+_DRAFTABLE_FORMATS = ("JPEG", "MPO")
 _CAFFE_MEANS_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -34,6 +36,10 @@ class ImageDecodeError(Exception):
 def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """Decode bytes into an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
 
+    Multi-frame files (animated GIF, APNG and WebP, multi-page TIFF, MPO) are graded on
+    their first frame alone: it is the frame every viewer shows, the one whose size the
+    pixel limit checks, and the later frames are never decoded.
+
     ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding, which
     is far cheaper than decoding 12 megapixels and resizing afterwards.
     """
@@ -41,20 +47,27 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
         raise ImageDecodeError("empty_file", "the file is empty")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from its own fixed limit (about 89 megapixels); ``max_pixels`` is
+            # the limit that applies, checked below before any pixel is decoded. Beyond twice
+            # Pillow's limit it refuses outright, which is still "too many pixels".
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            # Explicit, because the pixel limit below is checked against this frame only.
+            image.seek(0)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
                     "too_many_pixels",
                     f"{width}x{height} exceeds the limit of {max_pixels} pixels",
                 )
-            if draft_size and image.format == "JPEG":
+            if draft_size and image.format in _DRAFTABLE_FORMATS:
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
+            # A new single-frame image, detached from the file's frame sequence.
+            image = ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError("too_many_pixels", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not_an_image", "not a recognised image format") from exc
@@ -64,7 +77,6 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
         raise ImageDecodeError(
             "too_small", f"{image.size[0]}x{image.size[1]} is below {MIN_SIDE} pixels a side"
         )
-    image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
 

@@ -3,8 +3,9 @@
 Each pass re-sends grading tasks for images that are ``queued`` but whose last send is
 older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
 commit) and for images whose ``processing`` lease has expired (a worker killed with
-``kill -9``). Duplicate sends are harmless: a claim only takes pending images, and the
-attempt number fences out a superseded claim. Images out of attempts become ``failed``.
+``kill -9``); it also drops expired idempotency keys. Duplicate sends are harmless: a
+claim only takes pending images, and the attempt number fences out a superseded claim.
+Images out of attempts become ``failed``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.batch_progress import settle_batch
-from common.models import PENDING_IMAGE_STATES, Image, ImageState, utcnow
+from common.models import PENDING_IMAGE_STATES, IdempotencyKey, Image, ImageState, utcnow
 from common.queue import send_grading
 from common.settings import Settings
 
@@ -88,6 +89,8 @@ def reconcile_once(
                 .values(state=ImageState.QUEUED, enqueued_at=now, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
+    with sessions.begin() as session:
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
     send_grading(celery, settings, ids)
     report = ReconcileReport(requeued=len(ids), lease_expired=expired, exhausted=exhausted_count)
     if ids or exhausted_count:

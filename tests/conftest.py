@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -24,7 +25,12 @@ from common.db import make_engine, make_sessionmaker
 from common.models import Base
 from common.schema import upgrade_to_head
 from common.settings import BUNDLED_MODEL, Settings
+from common.storage import ImageStore
 from common.synth import generate_fundus
+
+if TYPE_CHECKING:
+    from worker.model import LoadedModel
+    from worker.runtime import WorkerRuntime
 
 SERVER_URL = os.environ.get(
     "RETINAQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -214,3 +220,21 @@ def bundled_model_path() -> Path:
     path = Path(os.environ.get("RETINAQ_TEST_MODEL_PATH", str(BUNDLED_MODEL)))
     assert path.is_file(), f"no model at {path}; see README (retinaq train)"
     return path
+
+
+@pytest.fixture(scope="session")
+def loaded_model(bundled_model_path: Path) -> LoadedModel:
+    """The bundled model, loaded once; TensorFlow is imported only by tests that ask for it."""
+    from worker.model import load_model
+
+    return load_model(bundled_model_path, batch_size=8)
+
+
+@pytest.fixture
+def runtime(
+    settings: Settings, sessions: sessionmaker[Session], loaded_model: LoadedModel
+) -> WorkerRuntime:
+    """A worker runtime on the test database and image store, for grading in-process."""
+    from worker.runtime import WorkerRuntime
+
+    return WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Batch, BatchState, Image, ImageState, utcnow
+from common.models import Batch, BatchState, IdempotencyKey, Image, ImageState, utcnow
 from common.queue import make_celery
 from common.reconciler import reconcile_once
 from common.settings import Settings
@@ -124,3 +124,22 @@ def test_an_image_committed_but_never_enqueued_is_found(
     report = reconcile_once(sessions, make_celery(settings), settings)
     assert report.requeued == 1
     assert _queued_ids(redis_client, settings.queue_name) == [str(image_id)]
+
+
+def test_reconciler_drops_expired_idempotency_keys(
+    client: FlaskClient,
+    auth: dict[str, str],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    for key in ("old", "new"):
+        client.post("/v1/batches", headers={**auth, "Idempotency-Key": key}, json={"open": True})
+    with sessions.begin() as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == "old")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    reconcile_once(sessions, make_celery(settings), settings)
+    with sessions() as session:
+        assert session.scalars(select(IdempotencyKey.key)).all() == ["new"]

@@ -6,7 +6,6 @@ import io
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,23 +17,8 @@ from common.imaging import normalise
 from common.manifest import read_manifest
 from common.models import Batch, BatchState, Image, ImageState, Result
 from common.settings import Settings
-from common.storage import ImageStore
 from worker.grading import claim_images, decode_claims, grade_images, record_outcomes
 from worker.runtime import WorkerRuntime
-
-
-@pytest.fixture(scope="session")
-def loaded_model(bundled_model_path: Path) -> Any:
-    from worker.model import load_model
-
-    return load_model(bundled_model_path, batch_size=8)
-
-
-@pytest.fixture
-def runtime(
-    settings: Settings, sessions: sessionmaker[Session], loaded_model: Any
-) -> WorkerRuntime:
-    return WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)
 
 
 @pytest.fixture
