@@ -161,7 +161,6 @@ def get_batch(batch_id: uuid.UUID) -> Response:
     """Status with counts; ``Retry-After`` tells pollers when to come back."""
     batch = _owned_batch(batch_id)
     response = jsonify(batch_status(batch, scope().batch_summary(batch)))
-    audit_read("batch.read", "batch", batch.id, {"state": batch.state.value})
     if batch.state not in FINISHED_BATCH_STATES:
         response.headers["Retry-After"] = str(api_state().settings.status_retry_after_s)
     return response

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from api.audit import audit
 from api.auth import scope
 from api.errors import ApiError, not_found
 from api.responses import batch_brief
 from api.state import api_state, db_session
-from common.audit import record_event
-from common.models import Batch
 from common.retention import cancel_batch, purge_batch
 
 bp = Blueprint("retention", __name__)
@@ -25,19 +23,6 @@ def _purge_requested() -> bool:
     if raw not in _FLAGS:
         raise ApiError(400, "invalid_purge", "purge must be true or false")
     return _FLAGS[raw]
-
-
-def _audit_deletion(batch: Batch, details: dict[str, Any]) -> None:
-    record_event(
-        db_session(),
-        programme_id=batch.programme_id,
-        key_prefix=getattr(g, "key_prefix", None),
-        action="batch.delete",
-        object_type="batch",
-        object_id=batch.id,
-        request_id=getattr(g, "request_id", None),
-        details=details,
-    )
 
 
 @bp.delete("/batches/<uuid:batch_id>")
@@ -55,14 +40,19 @@ def delete_batch(batch_id: uuid.UUID) -> Response:
     state_before = batch.state.value
     if purge:
         # Added first so that it commits with the deletion, inside purge_batch.
-        _audit_deletion(
-            batch, {"purge": True, "state": state_before, "image_count": batch.image_count}
+        audit(
+            "batch.delete",
+            "batch",
+            batch.id,
+            {"purge": True, "state": state_before, "image_count": batch.image_count},
         )
         purge_batch(session, api_state().store, batch.id)
         return Response(status=204)
     outcome = cancel_batch(session, batch.id)
-    _audit_deletion(
-        batch,
+    audit(
+        "batch.delete",
+        "batch",
+        batch.id,
         {"purge": False, "state": state_before, "images_cancelled": outcome.images_cancelled},
     )
     session.commit()
