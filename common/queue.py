@@ -66,8 +66,12 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
 
 
 def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
-    """One grading task per micro-batch of ids; a broker hiccup is retried briefly."""
-    for chunk in chunked([str(i) for i in image_ids], settings.grading_batch_size):
+    """One grading task per ``task_size`` ids; a broker hiccup is retried briefly.
+
+    Tasks are formed where the images arrive (one upload request becomes one or a few
+    tasks), so a lone image is sent at once and never waits for company.
+    """
+    for chunk in chunked([str(i) for i in image_ids], settings.task_size):
         celery.send_task(
             GRADE_IMAGES_TASK,
             args=[chunk],

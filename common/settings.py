@@ -7,6 +7,7 @@ PostgreSQL and ``RETINAQ_BROKER_URL`` at Redis gives the production profile, sam
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,7 +30,17 @@ class Settings(BaseSettings):
     model_path: Path = Field(default=BUNDLED_MODEL, description="Keras model; manifest beside it.")
 
     queue_name: str = "retinaq.grading"
-    grading_batch_size: int = Field(default=32, ge=1, le=1024)
+    grading_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Images per model call (fixed shape, padded)."
+    )
+    task_size: int = Field(
+        default=128, ge=1, le=4096, description="Images per grading task, sent per upload."
+    )
+    decode_threads: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=64
+    )
+    xla: bool = Field(default=False, description="Compile inference with XLA.")
+    mixed_precision: bool = Field(default=False, description="float16 compute on GPUs.")
     lease_s: int = Field(
         default=900, ge=1, description="A processing claim's lifetime; longer than any task."
     )

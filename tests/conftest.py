@@ -129,6 +129,7 @@ def settings(
         storage_dir=var / "images",
         queue_name=queue_name,
         grading_batch_size=8,
+        task_size=8,
         model_path=bundled_model_path,
     )
 

@@ -79,24 +79,19 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     known = with_db_retry(
         lambda: _known_probabilities(runtime, claims), budget_s=settings.db_retry_s
     )
-    firsts = list({c.sha256: c for c in reversed(claims) if c.sha256 not in known}.values())
+    firsts: dict[str, Claim] = {}
+    for c in claims:
+        if c.sha256 not in known:
+            firsts.setdefault(c.sha256, c)
 
     clock = time.perf_counter()
-    pixels, decoded, failed_firsts = decode_claims(runtime, firsts)
-    report.timings_ms["decode"] = (time.perf_counter() - clock) * 1000
-
-    clock = time.perf_counter()
-    if decoded:
-        inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
-        for claim_, probs in zip(decoded, runtime.model.predict(inputs), strict=True):
-            known[claim_.sha256] = probs
-    report.inferred = len(decoded)
-    report.timings_ms["infer"] = (time.perf_counter() - clock) * 1000
+    failed_firsts = _decode_and_infer(runtime, list(firsts.values()), known, report)
+    report.timings_ms["decode_and_infer"] = (time.perf_counter() - clock) * 1000
 
     errors = {c.sha256: error for c, error in failed_firsts}
     predictions = [(c, known[c.sha256]) for c in claims if c.sha256 in known]
     failures = [(c, errors[c.sha256]) for c in claims if c.sha256 in errors]
-    per_image_ms = report.timings_ms["infer"] / max(len(decoded), 1)
+    per_image_ms = report.timings_ms["infer"] / max(report.inferred, 1)
 
     clock = time.perf_counter()
     graded, failed = with_db_retry(
@@ -175,26 +170,79 @@ def _known_probabilities(runtime: WorkerRuntime, claims: list[Claim]) -> dict[st
     return {sha: np.asarray(probs, dtype=np.float64) for sha, probs in rows}
 
 
+def _decode_and_infer(
+    runtime: WorkerRuntime,
+    claims: list[Claim],
+    probabilities: dict[str, np.ndarray],
+    report: GradingReport,
+) -> list[tuple[Claim, ImageDecodeError]]:
+    """Run the model batch by batch while the decoding threads prepare the next batches.
+
+    Every image is handed to the decoder pool at once; this thread, which alone owns the
+    model, takes them back a model batch at a time, so decoding batch k+1 overlaps
+    inference on batch k. Probabilities are added to ``probabilities`` by content hash.
+    """
+    batch_size = runtime.model.batch_size
+    preprocessing = runtime.model.manifest.preprocessing
+    futures = [runtime.decoder.submit(_decode_one, runtime, claim) for claim in claims]
+    failures: list[tuple[Claim, ImageDecodeError]] = []
+    waited = inferred_ms = 0.0
+    for start in range(0, len(claims), batch_size):
+        clock = time.perf_counter()
+        pixels: list[np.ndarray] = []
+        decoded: list[Claim] = []
+        for claim, future in zip(
+            claims[start : start + batch_size], futures[start : start + batch_size], strict=True
+        ):
+            outcome = future.result()
+            if isinstance(outcome, ImageDecodeError):
+                failures.append((claim, outcome))
+            else:
+                pixels.append(outcome)
+                decoded.append(claim)
+        waited += time.perf_counter() - clock
+        if not decoded:
+            continue
+        clock = time.perf_counter()
+        outputs = runtime.model.predict(normalise(np.stack(pixels), preprocessing))
+        inferred_ms += (time.perf_counter() - clock) * 1000
+        for claim, probs in zip(decoded, outputs, strict=True):
+            probabilities[claim.sha256] = probs
+        report.inferred += len(decoded)
+    report.timings_ms["decode_wait"] = waited * 1000
+    report.timings_ms["infer"] = inferred_ms
+    return failures
+
+
+def _decode_one(runtime: WorkerRuntime, claim: Claim) -> np.ndarray | ImageDecodeError:
+    """Read and preprocess one image on a decoder thread; errors come back as values."""
+    try:
+        data = runtime.store.read(claim.storage_path)
+        return prepare_pixels(
+            data,
+            size=runtime.model.manifest.input_size,
+            max_pixels=runtime.settings.max_image_pixels,
+        )
+    except FileNotFoundError:
+        return ImageDecodeError("missing_file", "the stored image file is missing")
+    except ImageDecodeError as error:
+        return error
+
+
 def decode_claims(
     runtime: WorkerRuntime, claims: list[Claim]
 ) -> tuple[list[np.ndarray], list[Claim], list[tuple[Claim, ImageDecodeError]]]:
-    """Read and preprocess each claimed image; a bad one becomes a failure, not an exception."""
-    size = runtime.model.manifest.input_size
-    max_pixels = runtime.settings.max_image_pixels
+    """Read and preprocess each claimed image in order (no overlap); for tools and tests."""
     pixels: list[np.ndarray] = []
     decoded: list[Claim] = []
     failures: list[tuple[Claim, ImageDecodeError]] = []
     for claim in claims:
-        try:
-            data = runtime.store.read(claim.storage_path)
-            pixels.append(prepare_pixels(data, size=size, max_pixels=max_pixels))
+        outcome = _decode_one(runtime, claim)
+        if isinstance(outcome, ImageDecodeError):
+            failures.append((claim, outcome))
+        else:
+            pixels.append(outcome)
             decoded.append(claim)
-        except FileNotFoundError:
-            failures.append(
-                (claim, ImageDecodeError("missing_file", "the stored image file is missing"))
-            )
-        except ImageDecodeError as error:
-            failures.append((claim, error))
     return pixels, decoded, failures
 
 

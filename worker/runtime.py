@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from PIL import Image as PILImage
@@ -33,6 +34,10 @@ class WorkerRuntime:
     sessions: sessionmaker[Session]
     store: ImageStore
     model: LoadedModel
+    # Decoding threads (Pillow releases the GIL) that run ahead of the one model thread.
+    decoder: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="decode")
+    )
 
 
 _lock = threading.Lock()
@@ -54,9 +59,15 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
 
     devices = configure_devices()
     log.info("devices: %s", ", ".join(devices))
-    model = load_model(settings.model_path, settings.grading_batch_size)
+    model = load_model(
+        settings.model_path,
+        settings.grading_batch_size,
+        xla=settings.xla,
+        mixed_precision=settings.mixed_precision,
+    )
     store = ImageStore(settings.image_store)
-    return WorkerRuntime(settings, make_sessionmaker(engine), store, model)
+    decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    return WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)
 
 
 def get_runtime() -> WorkerRuntime:

@@ -68,7 +68,7 @@ def test_multipart_submission_records_stores_and_enqueues(
     assert list((settings.image_store / "tmp").iterdir()) == []
 
     tasks = _queued_tasks(redis_client, settings.queue_name)
-    assert sorted(len(t) for t in tasks) == [2, 8]  # micro-batches of grading_batch_size
+    assert sorted(len(t) for t in tasks) == [2, 8]  # one task per task_size ids
     assert sorted(i for t in tasks for i in t) == sorted(str(i.id) for i in images)
 
 

@@ -271,6 +271,7 @@ def stack(
         "RETINAQ_STORAGE_DIR": str(tmp_path / "images"),
         "RETINAQ_MODEL_PATH": str(bundled_model_path),
         "RETINAQ_GRADING_BATCH_SIZE": "8",
+        "RETINAQ_TASK_SIZE": "8",
         "RETINAQ_LEASE_S": "6",
         "RETINAQ_REQUEUE_AFTER_S": "4",
         "RETINAQ_MAX_ATTEMPTS": "20",

@@ -48,6 +48,7 @@ def live_stack(
         "RETINAQ_QUEUE_NAME": queue_name,
         "RETINAQ_MODEL_PATH": str(bundled_model_path),
         "RETINAQ_GRADING_BATCH_SIZE": "8",
+        "RETINAQ_TASK_SIZE": "8",
         "RETINAQ_STATUS_RETRY_AFTER_S": "1",
         "PYTHONUNBUFFERED": "1",
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.imaging import normalise
@@ -219,3 +219,40 @@ def test_claims_carry_a_lease(
         assert image.state == ImageState.PROCESSING
         assert image.lease_expires_at is not None
         assert 55 <= (image.lease_expires_at - image.started_at).total_seconds() <= 61
+
+
+def test_a_task_larger_than_the_model_batch_is_split_and_written_in_one_transaction(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    """20 images with a model batch of 8: three model calls, one commit for all results."""
+    calls: list[int] = []
+    model = runtime.model
+    original = model.predict
+
+    def counting_predict(inputs: np.ndarray) -> np.ndarray:
+        calls.append(len(inputs))
+        return original(inputs)
+
+    _, ids = submit([(fundus_jpeg(seed=200 + i), f"{i}.jpg") for i in range(20)])
+    model.predict = counting_predict  # type: ignore[method-assign]
+    try:
+        report = grade_images(runtime, ids)
+    finally:
+        del model.predict
+    assert calls == [8, 8, 4]
+    assert (report.graded, report.inferred) == (20, 20)
+    with sessions() as session:
+        # Rows written by one transaction share its PostgreSQL transaction id.
+        xmins = session.execute(text("SELECT DISTINCT xmin::text FROM results")).all()
+    assert len(xmins) == 1
+
+
+def test_a_lone_image_is_graded_on_its_own_without_waiting_for_company(
+    runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes]
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=300), "alone.jpg")])
+    report = grade_images(runtime, ids)
+    assert (report.claimed, report.graded, report.inferred) == (1, 1, 1)
