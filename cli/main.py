@@ -7,6 +7,7 @@ import logging
 import click
 
 from cli.admin import admin
+from cli.bench import bench
 from cli.demo import demo
 from cli.modelling import synth, train
 from cli.servers import api, db, reconcile, worker
@@ -20,5 +21,18 @@ def cli() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (demo, submit, status, results, admin, db, api, worker, reconcile, synth, train):
+for command in (
+    demo,
+    submit,
+    status,
+    results,
+    admin,
+    db,
+    api,
+    worker,
+    reconcile,
+    synth,
+    train,
+    bench,
+):
     cli.add_command(command)

@@ -92,6 +92,46 @@ def build_model(input_size: int, seed: int = 0) -> keras.Model:
     return keras.Model(inputs, outputs, name="retinaq_small")
 
 
+# Standard backbones at their standard input size with the matching preprocessing mode.
+BACKBONES: dict[str, tuple[str, int, str]] = {
+    "mobilenetv2": ("MobileNetV2", 224, "tf"),
+    "efficientnetb0": ("EfficientNetB0", 224, "raw"),
+    "resnet50": ("ResNet50", 224, "caffe"),
+    "inceptionv3": ("InceptionV3", 299, "tf"),
+    "xception": ("Xception", 299, "tf"),
+    "vgg16": ("VGG16", 224, "caffe"),
+}
+
+
+def build_backbone(arch: str, seed: int = 0) -> tuple[keras.Model, int, str]:
+    """A Keras application with random weights and a five-grade head: (model, size, mode).
+
+    ImageNet weights cannot be downloaded here; random weights give the realistic compute
+    per image that benchmarks need.
+    """
+    application, size, mode = BACKBONES[arch]
+    keras.utils.set_random_seed(seed)
+    base = getattr(keras.applications, application)(
+        include_top=False, weights=None, input_shape=(size, size, 3)
+    )
+    features = keras.layers.GlobalAveragePooling2D()(base.output)
+    features = keras.layers.Dropout(0.3)(features)
+    outputs = keras.layers.Dense(N_GRADES, activation="softmax", name="grades")(features)
+    return keras.Model(base.input, outputs, name=f"{arch}-random"), size, mode
+
+
+def save_with_manifest(
+    model: keras.Model, out_dir: Path, manifest_fields: dict[str, object]
+) -> ModelManifest:
+    """Save ``model.keras`` and its manifest (hash filled in) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MODEL_NAME
+    model.save(path)
+    manifest = ModelManifest(sha256=file_sha256(path), **manifest_fields)  # type: ignore[arg-type]
+    write_manifest(path, manifest)
+    return manifest
+
+
 def synthetic_dataset(config: TrainConfig, progress: Progress) -> Dataset:
     """Generate, JPEG-encode and prepare ``per_grade`` synthetic images of each grade."""
     pixels, grades = [], []

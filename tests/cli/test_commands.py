@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "reconcile",
     "synth",
     "train",
+    "bench",
 )
 
 
