@@ -242,3 +242,24 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]]
     created_at: Mapped[Timestamp]
+
+
+class BatchStat(Base):
+    """A batch's running counters (images per state, results per grade, referable), kept by
+    database triggers on ``images`` and ``results`` so a status poll reads a dozen rows
+    instead of aggregating a 100,000-image batch, and no code path can forget to count."""
+
+    __tablename__ = "batch_stats"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    stat: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+BATCH_STATS = (
+    *(state.value for state in ImageState),
+    *(f"grade_{grade}" for grade in range(5)),
+    "referable",
+)
