@@ -67,15 +67,18 @@ class ProgrammeScope:
             query = query.where(Image.id > after)
         return self.session.execute(query.order_by(Image.id).limit(limit + 1)).all()
 
-    def batch_summary(self, batch: Batch) -> BatchSummary:
-        """The batch's trigger-kept counters: one primary-key range read, however big it is."""
-        stats = dict(
-            self.session.execute(
-                select(BatchStat.stat, BatchStat.value).where(BatchStat.batch_id == batch.id)
-            ).all()
-        )
-        return BatchSummary(
-            state_counts={state.value: int(stats.get(state.value, 0)) for state in ImageState},
-            grade_counts={grade: int(stats.get(f"grade_{grade}", 0)) for grade in range(5)},
-            referable_count=int(stats.get("referable", 0)),
+    def batch_with_summary(self, batch_id: uuid.UUID) -> tuple[Batch, BatchSummary] | None:
+        """One of this programme's batches and its trigger-kept counters, in one query."""
+        rows = self.session.execute(
+            select(Batch, BatchStat.stat, BatchStat.value)
+            .outerjoin(BatchStat, BatchStat.batch_id == Batch.id)
+            .where(Batch.id == batch_id, Batch.programme_id == self.programme_id)
+        ).all()
+        if not rows:
+            return None
+        stats = {stat: int(value) for _, stat, value in rows if stat is not None}
+        return rows[0][0], BatchSummary(
+            state_counts={state.value: stats.get(state.value, 0) for state in ImageState},
+            grade_counts={grade: stats.get(f"grade_{grade}", 0) for grade in range(5)},
+            referable_count=stats.get("referable", 0),
         )

@@ -159,8 +159,11 @@ def close_batch(batch_id: uuid.UUID) -> Response:
 @bp.get("/batches/<uuid:batch_id>")
 def get_batch(batch_id: uuid.UUID) -> Response:
     """Status with counts; ``Retry-After`` tells pollers when to come back."""
-    batch = _owned_batch(batch_id)
-    response = jsonify(batch_status(batch, scope().batch_summary(batch)))
+    found = scope().batch_with_summary(batch_id)
+    if found is None:
+        raise not_found("batch")
+    batch, summary = found
+    response = jsonify(batch_status(batch, summary))
     if batch.state not in FINISHED_BATCH_STATES:
         response.headers["Retry-After"] = str(api_state().settings.status_retry_after_s)
     return response

@@ -51,6 +51,7 @@ from common.settings import BUNDLED_MODEL
 console = Console()
 UPLOAD_CHUNK = 64
 UPLOADERS = 2
+API_WORKERS = 2
 POLLERS = 20
 RSS_CHECKPOINT = 1000
 
@@ -193,7 +194,7 @@ class Bench:
         process = stack.enter_context(
             child_process(
                 "API",
-                [sys.executable, "-m", "cli", "api", "--port", port, "--workers", "2"],
+                [sys.executable, "-m", "cli", "api", "--port", port, "--workers", str(API_WORKERS)],
                 {**self.env, **extra_env},
                 self.logs / f"api-{time.monotonic_ns()}.log",
             )
