@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
@@ -43,33 +43,33 @@ def record_images(
         )
     now = utcnow()
     enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
-    ids: list[uuid.UUID] = []
-    for upload, name in zip(files, names, strict=True):
-        spool = upload.stream
-        if not isinstance(spool, HashingSpool):
-            raise TypeError("uploads must be spooled by StreamingRequest")
-        relative = state.store.commit(spool)
+    spools = [upload.stream for upload in files]
+    if not all(isinstance(spool, HashingSpool) for spool in spools):
+        raise TypeError("uploads must be spooled by StreamingRequest")
+    relatives = state.store.commit_all(spools)  # type: ignore[arg-type]
+    rows = []
+    for spool, name, relative in zip(spools, names, relatives, strict=True):
         facts = metadata.get(name, ImageMetadata(None, None))
-        image_id = uuid7()
-        ids.append(image_id)
-        session.add(
-            Image(
-                id=image_id,
-                batch_id=batch.id,
-                programme_id=batch.programme_id,
-                sha256=spool.sha256,
-                storage_path=relative,
-                size_bytes=spool.size,
-                filename=name,
-                patient_id=facts.patient_id,
-                laterality=facts.laterality,
-                state=ImageState.QUEUED,
-                attempts=0,
-                created_at=now,
-                enqueued_at=now,
-            )
+        rows.append(
+            {
+                "id": uuid7(),
+                "batch_id": batch.id,
+                "programme_id": batch.programme_id,
+                "sha256": spool.sha256,
+                "storage_path": relative,
+                "size_bytes": spool.size,
+                "filename": name,
+                "patient_id": facts.patient_id,
+                "laterality": facts.laterality,
+                "state": ImageState.QUEUED,
+                "attempts": 0,
+                "created_at": now,
+                "enqueued_at": now,
+            }
         )
-    enforce_quotas(session, state.settings, batch.programme_id, len(ids), now, lock=True)
+    enforce_quotas(session, state.settings, batch.programme_id, len(rows), now, lock=True)
+    session.execute(insert(Image), rows)  # one multi-row INSERT for the whole request
+    ids = [row["id"] for row in rows]
     # An SQL increment, so concurrent uploads into one open batch never lose a count.
     session.execute(
         update(Batch)

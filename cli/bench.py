@@ -503,6 +503,8 @@ def bench(
         console.print("ingest: uploads with no worker running …")
         with ExitStack() as servers:
             api = runner.api(servers)
+            # Warm the API's processes (imports, connection pools) before timing them.
+            runner.upload(runner.new_key("warm-up")[0], e2e[: UPLOADERS * UPLOAD_CHUNK])
             rss: list[float] = []
             headers, _ = runner.new_key("pipeline")
             batch_id, seconds = runner.upload(

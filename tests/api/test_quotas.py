@@ -241,10 +241,10 @@ def test_the_locked_final_check_catches_a_concurrent_submission(
         other = Batch(programme_id=programme_id, state=BatchState.QUEUED, image_count=2)
         session.add(other)
     store = app.extensions["retinaq"].store
-    real_commit = store.commit
+    real_commit = store.commit_all
     raced: list[bool] = []
 
-    def commit_while_another_request_lands(spool: Any) -> str:
+    def commit_while_another_request_lands(spools: list[Any]) -> list[str]:
         if not raced:
             raced.append(True)
             with sessions.begin() as session:
@@ -262,9 +262,9 @@ def test_the_locked_final_check_catches_a_concurrent_submission(
                             attempts=0,
                         )
                     )
-        return real_commit(spool)
+        return real_commit(spools)
 
-    monkeypatch.setattr(store, "commit", commit_while_another_request_lands)
+    monkeypatch.setattr(store, "commit_all", commit_while_another_request_lands)
     refused = client.post("/v1/batches", headers=auth, data={"images": _files(fundus_jpeg, 2)})
     assert raced == [True]
     assert refused.status_code == 429
