@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     task_size: int = Field(
         default=128, ge=1, le=4096, description="Images per grading task, sent per upload."
     )
+    batch_wait_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5000,
+        description="How long a task smaller than a model batch looks for queued company.",
+    )
     decode_threads: int = Field(
         default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=64
     )

@@ -71,10 +71,11 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
             )
 
     claims = with_db_retry(claim, budget_s=settings.db_retry_s)
-    report.claimed = len(claims)
     report.skipped = len(set(image_ids)) - len(claims)
     if not claims:
         return report
+    claims += gather_company(runtime, len(claims))
+    report.claimed = len(claims)
 
     known = with_db_retry(
         lambda: _known_probabilities(runtime, claims), budget_s=settings.db_retry_s
@@ -102,6 +103,44 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     report.fenced_out = len(claims) - graded - failed
     report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
     return report
+
+
+def gather_company(runtime: WorkerRuntime, have: int) -> list[Claim]:
+    """Fill a short model batch with other queued images, waiting at most ``batch_wait_ms``.
+
+    Tasks are formed per upload, so a trickle of small uploads would otherwise reach the
+    model one or two images at a time. Images taken here are claimed like any others; when
+    their own tasks arrive they find them graded and skip them.
+    """
+    settings = runtime.settings
+    wanted = runtime.model.batch_size - have
+    deadline = time.monotonic() + settings.batch_wait_ms / 1000
+    company: list[Claim] = []
+    while wanted > len(company) and settings.batch_wait_ms > 0:
+
+        def claim_more(limit: int = wanted - len(company)) -> list[Claim]:
+            with runtime.sessions.begin() as session:
+                queued = session.scalars(
+                    select(Image.id)
+                    .where(Image.state == ImageState.QUEUED)
+                    .order_by(Image.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                return claim_images(
+                    session,
+                    list(queued),
+                    max_attempts=settings.max_attempts,
+                    lease_s=settings.lease_s,
+                )
+
+        company += with_db_retry(claim_more, budget_s=settings.db_retry_s)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if len(company) < wanted:
+            time.sleep(min(0.02, remaining))
+    return company
 
 
 def claim_images(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from collections.abc import Callable
@@ -256,3 +257,41 @@ def test_a_lone_image_is_graded_on_its_own_without_waiting_for_company(
     _, ids = submit([(fundus_jpeg(seed=300), "alone.jpg")])
     report = grade_images(runtime, ids)
     assert (report.claimed, report.graded, report.inferred) == (1, 1, 1)
+
+
+def test_a_short_task_gathers_queued_company_within_the_maximum_wait(
+    runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes]
+) -> None:
+    """Two one-image uploads: the first task fills its model batch with the second image,
+    and the second task then finds nothing left to do."""
+    waiting = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"batch_wait_ms": 150})
+    )
+    calls: list[int] = []
+    original = runtime.model.predict
+
+    def counting_predict(inputs: np.ndarray) -> np.ndarray:
+        calls.append(len(inputs))
+        return original(inputs)
+
+    _, first = submit([(fundus_jpeg(seed=401), "first.jpg")])
+    _, second = submit([(fundus_jpeg(seed=402), "second.jpg")])
+    runtime.model.predict = counting_predict  # type: ignore[method-assign]
+    try:
+        report = grade_images(waiting, first)
+    finally:
+        del runtime.model.predict
+    assert (report.claimed, report.graded, report.inferred) == (2, 2, 2)
+    assert calls == [2], "both images went through the model together"
+    assert grade_images(waiting, second).skipped == 1
+
+
+def test_a_lone_image_waits_no_longer_than_the_maximum_for_company(
+    runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes]
+) -> None:
+    waiting = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"batch_wait_ms": 50})
+    )
+    _, ids = submit([(fundus_jpeg(seed=403), "alone.jpg")])
+    report = grade_images(waiting, ids)
+    assert (report.claimed, report.graded) == (1, 1)
