@@ -5,7 +5,9 @@ The run stops at once, with the commands that start them, when either does not a
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from api import create_app
 from common.apikeys import create_programme
 from common.db import make_engine, make_sessionmaker
 from common.models import Base
+from common.queue import GRADE_IMAGES_TASK
 from common.schema import upgrade_to_head
 from common.settings import BUNDLED_MODEL, Settings
 from common.storage import ImageStore
@@ -141,6 +144,21 @@ def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
     yield client
     client.close()
+
+
+@pytest.fixture
+def queued_tasks(redis_client: redis.Redis, queue_name: str) -> Callable[[], list[list[str]]]:
+    """The image-id lists of the grading tasks waiting in the real Redis queue."""
+
+    def read() -> list[list[str]]:
+        tasks = []
+        for raw in redis_client.lrange(queue_name, 0, -1):
+            message = json.loads(raw)
+            assert message["headers"]["task"] == GRADE_IMAGES_TASK
+            tasks.append(json.loads(base64.b64decode(message["body"]))[0][0])
+        return tasks
+
+    return read
 
 
 @pytest.fixture(autouse=True)

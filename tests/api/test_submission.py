@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Batch, BatchState, Image, ImageState
-from common.queue import GRADE_IMAGES_TASK
 from common.settings import Settings
 
 
 def _files(fundus_jpeg: Callable[..., bytes], count: int, prefix: str = "img") -> list:
     return [(io.BytesIO(fundus_jpeg(seed=i)), f"{prefix}{i}.jpg") for i in range(count)]
-
-
-def _queued_tasks(redis_client: redis.Redis, queue: str) -> list[list[str]]:
-    """The id lists of grading tasks waiting in the real Redis queue."""
-    tasks = []
-    for raw in redis_client.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        assert message["headers"]["task"] == GRADE_IMAGES_TASK
-        body = json.loads(base64.b64decode(message["body"]))
-        tasks.append(body[0][0])
-    return tasks
 
 
 def test_multipart_submission_records_stores_and_enqueues(
@@ -41,7 +26,7 @@ def test_multipart_submission_records_stores_and_enqueues(
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
     settings: Settings,
-    redis_client: redis.Redis,
+    queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     response = client.post(
         "/v1/batches",
@@ -67,7 +52,7 @@ def test_multipart_submission_records_stores_and_enqueues(
         assert stored.name == image.sha256
     assert list((settings.image_store / "tmp").iterdir()) == []
 
-    tasks = _queued_tasks(redis_client, settings.queue_name)
+    tasks = queued_tasks()
     assert sorted(len(t) for t in tasks) == [2, 8]  # one task per task_size ids
     assert sorted(i for t in tasks for i in t) == sorted(str(i.id) for i in images)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,13 +16,6 @@ from common.models import Batch, BatchState, IdempotencyKey, Image, ImageState, 
 from common.queue import make_celery
 from common.reconciler import reconcile_once
 from common.settings import Settings
-
-
-def _queued_ids(client: redis.Redis, queue: str) -> list[str]:
-    ids = []
-    for raw in client.lrange(queue, 0, -1):
-        ids.extend(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
-    return ids
 
 
 def _submit(client: FlaskClient, auth: dict[str, str], jpeg: Callable, n: int) -> list[uuid.UUID]:
@@ -41,6 +32,7 @@ def test_reconciler_resends_lost_work_and_fails_exhausted_images(
     sessions: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
+    queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     fresh, stale, expired, leased, exhausted = _submit(client, auth, fundus_jpeg, 5)
     redis_client.delete(settings.queue_name)  # as if Redis restarted empty
@@ -75,9 +67,7 @@ def test_reconciler_resends_lost_work_and_fails_exhausted_images(
     celery = make_celery(settings)
     report = reconcile_once(sessions, celery, settings)
     assert (report.requeued, report.lease_expired, report.exhausted) == (2, 1, 1)
-    assert sorted(_queued_ids(redis_client, settings.queue_name)) == sorted(
-        [str(stale), str(expired)]
-    )
+    assert sorted(i for task in queued_tasks() for i in task) == sorted([str(stale), str(expired)])
     with sessions() as session:
         states = dict(session.execute(select(Image.id, Image.state)).all())
         exhausted_row = session.get_one(Image, exhausted)
@@ -101,6 +91,7 @@ def test_an_image_committed_but_never_enqueued_is_found(
     sessions: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
+    queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     """The broker is down when the API commits: 202 all the same, and the reconciler sends it."""
     import socket
@@ -123,7 +114,7 @@ def test_an_image_committed_but_never_enqueued_is_found(
         )
     report = reconcile_once(sessions, make_celery(settings), settings)
     assert report.requeued == 1
-    assert _queued_ids(redis_client, settings.queue_name) == [str(image_id)]
+    assert queued_tasks() == [[str(image_id)]]
 
 
 def test_reconciler_drops_expired_idempotency_keys(
