@@ -36,7 +36,9 @@ class ProgrammeScope:
         """One of this programme's batches."""
         query = select(Batch).where(Batch.id == batch_id, Batch.programme_id == self.programme_id)
         if for_update:
-            query = query.with_for_update()
+            # NO KEY UPDATE: workers inserting results hold KEY SHARE on this row through
+            # the foreign key; a plain FOR UPDATE would deadlock against them.
+            query = query.with_for_update(key_share=True)
         return self.session.scalar(query)
 
     def image_with_result(self, image_id: uuid.UUID) -> Row[tuple[Image, Result | None]] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, case, exists, not_, update
+from sqlalchemy import and_, case, exists, not_, select, update
 from sqlalchemy.orm import Session
 
 from common.models import (
@@ -61,3 +61,22 @@ def settle_batch(session: Session, batch_id: uuid.UUID) -> None:
         .values(state=BatchState.PROCESSING)
         .execution_options(synchronize_session=False)
     )
+
+
+def settle_finished_batches(session: Session) -> int:
+    """Settle every unfinished closed batch that has nothing pending; returns how many.
+
+    A worker settles after its commit, but a worker killed between the two, or two workers
+    each not yet seeing the other's commit, can leave a finished batch unsettled: the
+    reconciler's sweep catches it.
+    """
+    candidates = session.scalars(
+        select(Batch.id).where(
+            Batch.state.in_(_UNFINISHED),
+            Batch.closed_at.is_not(None),
+            not_(exists().where(Image.batch_id == Batch.id, Image.state.in_(PENDING_IMAGE_STATES))),
+        )
+    ).all()
+    for batch_id in candidates:
+        settle_batch(session, batch_id)
+    return len(candidates)

@@ -47,9 +47,10 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
         raise ImageDecodeError("empty_file", "the file is empty")
     try:
         with warnings.catch_warnings():
-            # Pillow warns from its own fixed limit (about 89 megapixels); ``max_pixels`` is
-            # the limit that applies, checked below before any pixel is decoded. Beyond twice
-            # Pillow's limit it refuses outright, which is still "too many pixels".
+            # Pillow warns from its own limit (``Image.MAX_IMAGE_PIXELS``, which the worker
+            # sets to ``max_pixels``); ``max_pixels`` is the limit that applies, checked below
+            # before any pixel is decoded. Beyond twice Pillow's limit it refuses outright,
+            # which is still "too many pixels".
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             # Explicit, because the pixel limit below is checked against this frame only.

@@ -69,7 +69,8 @@ def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> No
     """One grading task per ``task_size`` ids; a broker hiccup is retried briefly.
 
     Tasks are formed where the images arrive (one upload request becomes one or a few
-    tasks), so a lone image is sent at once and never waits for company.
+    tasks), so a lone image is sent at once; the worker may still fill a short model batch
+    with other queued images for up to ``batch_wait_ms``.
     """
     for chunk in chunked([str(i) for i in image_ids], settings.task_size):
         celery.send_task(

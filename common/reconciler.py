@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.batch_progress import settle_batch
+from common.batch_progress import settle_batch, settle_finished_batches
 from common.models import PENDING_IMAGE_STATES, IdempotencyKey, Image, ImageState, utcnow
 from common.queue import send_grading
 from common.settings import Settings
@@ -91,6 +91,8 @@ def reconcile_once(
             )
     with sessions.begin() as session:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
+    with sessions.begin() as session:
+        settle_finished_batches(session)
     send_grading(celery, settings, ids)
     report = ReconcileReport(requeued=len(ids), lease_expired=expired, exhausted=exhausted_count)
     if ids or exhausted_count:

@@ -67,7 +67,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> CancelOutcome:
     its grade) or is fenced out (its claim is no longer ``processing``). The caller commits.
     """
     # Serialises with adding images to, or closing, the same batch.
-    session.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update())
+    session.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update(key_share=True))
     now = utcnow()
     cancelled = session.scalars(
         update(Image)

@@ -42,9 +42,7 @@ class Settings(BaseSettings):
         le=5000,
         description="How long a task smaller than a model batch looks for queued company.",
     )
-    decode_threads: int = Field(
-        default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=64
-    )
+    decode_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=64)
     xla: bool = Field(default=False, description="Compile inference with XLA.")
     mixed_precision: bool = Field(default=False, description="float16 compute on GPUs.")
     lease_s: int = Field(

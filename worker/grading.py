@@ -18,14 +18,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Insert, Table, select, tuple_, update
+from sqlalchemy import Insert, Table, and_, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from common.batch_progress import mark_batches_processing, settle_batch
+from common.ids import uuid7
 from common.imaging import ImageDecodeError, normalise, prepare_pixels
-from common.models import PENDING_IMAGE_STATES, Image, ImageState, Result, utcnow
-from common.results import interpret_probabilities
+from common.models import Image, ImageState, Result, utcnow
+from common.results import GradeOutcome, interpret_probabilities
 from worker.db_retry import with_db_retry
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class Claim:
     sha256: str
     storage_path: str
     attempt: int
+
+    @property
+    def content(self) -> tuple[uuid.UUID, str]:
+        """Identical bytes of one programme are graded once; across programmes, never shared."""
+        return (self.programme_id, self.sha256)
 
 
 @dataclass
@@ -77,21 +83,26 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     claims += gather_company(runtime, len(claims))
     report.claimed = len(claims)
 
-    known = with_db_retry(
-        lambda: _known_probabilities(runtime, claims), budget_s=settings.db_retry_s
-    )
-    firsts: dict[str, Claim] = {}
+    def note_progress() -> None:
+        # A transaction of its own: batch row after image rows would invert the API's order.
+        with runtime.sessions.begin() as session:
+            mark_batches_processing(session, {c.batch_id for c in claims})
+
+    with_db_retry(note_progress, budget_s=settings.db_retry_s)
+
+    known = with_db_retry(lambda: _known_outcomes(runtime, claims), budget_s=settings.db_retry_s)
+    firsts: dict[tuple[uuid.UUID, str], Claim] = {}
     for c in claims:
-        if c.sha256 not in known:
-            firsts.setdefault(c.sha256, c)
+        if c.content not in known:
+            firsts.setdefault(c.content, c)
 
     clock = time.perf_counter()
     failed_firsts = _decode_and_infer(runtime, list(firsts.values()), known, report)
     report.timings_ms["decode_and_infer"] = (time.perf_counter() - clock) * 1000
 
-    errors = {c.sha256: error for c, error in failed_firsts}
-    predictions = [(c, known[c.sha256]) for c in claims if c.sha256 in known]
-    failures = [(c, errors[c.sha256]) for c in claims if c.sha256 in errors]
+    errors = {c.content: error for c, error in failed_firsts}
+    predictions = [(c, known[c.content]) for c in claims if c.content in known]
+    failures = [(c, errors[c.content]) for c in claims if c.content in errors]
     per_image_ms = report.timings_ms["infer"] / max(report.inferred, 1)
 
     clock = time.perf_counter()
@@ -146,16 +157,26 @@ def gather_company(runtime: WorkerRuntime, have: int) -> list[Claim]:
 def claim_images(
     session: Session, image_ids: list[uuid.UUID], *, max_attempts: int, lease_s: int
 ) -> list[Claim]:
-    """Move pending images to ``processing`` with a new attempt; fail the exhausted ones."""
+    """Move claimable images to ``processing`` with a new attempt; fail the exhausted ones.
+
+    Claimable means ``queued``, or ``processing`` under a lease that has run out: an image
+    another worker is still grading is left alone, so a duplicate delivery does not
+    re-run it (and a superseded claim is fenced out by its attempt number anyway).
+    """
     ids = list(dict.fromkeys(image_ids))
+    if not ids:
+        return []
     now = utcnow()
+    claimable = or_(
+        Image.state == ImageState.QUEUED,
+        and_(
+            Image.state == ImageState.PROCESSING,
+            or_(Image.lease_expires_at.is_(None), Image.lease_expires_at < now),
+        ),
+    )
     exhausted = session.execute(
         update(Image)
-        .where(
-            Image.id.in_(ids),
-            Image.state.in_(PENDING_IMAGE_STATES),
-            Image.attempts >= max_attempts,
-        )
+        .where(Image.id.in_(ids), claimable, Image.attempts >= max_attempts)
         .values(
             state=ImageState.FAILED,
             error_code="too_many_attempts",
@@ -170,7 +191,7 @@ def claim_images(
         settle_batch(session, batch_id)
     rows = session.execute(
         update(Image)
-        .where(Image.id.in_(ids), Image.state.in_(PENDING_IMAGE_STATES))
+        .where(Image.id.in_(ids), claimable)
         .values(
             state=ImageState.PROCESSING,
             attempts=Image.attempts + 1,
@@ -188,38 +209,56 @@ def claim_images(
         .execution_options(synchronize_session=False)
     ).all()
     claims = [Claim(*row) for row in rows]
-    mark_batches_processing(session, {c.batch_id for c in claims})
     order = {image_id: position for position, image_id in enumerate(ids)}
     return sorted(claims, key=lambda c: order[c.image_id])
 
 
-def _known_probabilities(runtime: WorkerRuntime, claims: list[Claim]) -> dict[str, np.ndarray]:
-    """Probabilities this model already gave identical bytes of the same programme."""
+def _known_outcomes(
+    runtime: WorkerRuntime, claims: list[Claim]
+) -> dict[tuple[uuid.UUID, str], GradeOutcome]:
+    """Outcomes this model already gave identical bytes of the same programme, copied as
+    stored (not re-derived from rounded probabilities) so duplicates always agree."""
     model_sha = runtime.model.manifest.sha256
     pairs = {(c.programme_id, c.sha256) for c in claims}
     with runtime.sessions() as session:
         rows = session.execute(
-            select(Image.sha256, Result.probabilities)
+            select(
+                Image.programme_id,
+                Image.sha256,
+                Result.grade,
+                Result.grade_name,
+                Result.probabilities,
+                Result.referable,
+                Result.referable_probability,
+                Result.referable_threshold,
+                Result.confidence,
+            )
             .join(Result, Result.image_id == Image.id)
             .where(
                 tuple_(Image.programme_id, Image.sha256).in_(pairs),
                 Result.model_sha256 == model_sha,
             )
         ).all()
-    return {sha: np.asarray(probs, dtype=np.float64) for sha, probs in rows}
+    return {
+        (programme_id, sha): GradeOutcome(
+            grade, name, tuple(probs), referable, p_ref, threshold, confidence
+        )
+        for programme_id, sha, grade, name, probs, referable, p_ref, threshold, confidence in rows
+    }
 
 
 def _decode_and_infer(
     runtime: WorkerRuntime,
     claims: list[Claim],
-    probabilities: dict[str, np.ndarray],
+    outcomes: dict[tuple[uuid.UUID, str], GradeOutcome],
     report: GradingReport,
 ) -> list[tuple[Claim, ImageDecodeError]]:
     """Run the model batch by batch while the decoding threads prepare the next batches.
 
     Every image is handed to the decoder pool at once; this thread, which alone owns the
     model, takes them back a model batch at a time, so decoding batch k+1 overlaps
-    inference on batch k. Probabilities are added to ``probabilities`` by content hash.
+    inference on batch k. Outcomes are added to ``outcomes`` by programme and content hash; an image
+    whose output is unusable fails alone.
     """
     batch_size = runtime.model.batch_size
     preprocessing = runtime.model.manifest.preprocessing
@@ -246,7 +285,10 @@ def _decode_and_infer(
         outputs = runtime.model.predict(normalise(np.stack(pixels), preprocessing))
         inferred_ms += (time.perf_counter() - clock) * 1000
         for claim, probs in zip(decoded, outputs, strict=True):
-            probabilities[claim.sha256] = probs
+            try:
+                outcomes[claim.content] = interpret_probabilities(probs, runtime.model.manifest)
+            except ValueError as error:
+                failures.append((claim, ImageDecodeError("invalid_model_output", str(error))))
         report.inferred += len(decoded)
     report.timings_ms["decode_wait"] = waited * 1000
     report.timings_ms["infer"] = inferred_ms
@@ -266,6 +308,11 @@ def _decode_one(runtime: WorkerRuntime, claim: Claim) -> np.ndarray | ImageDecod
         return ImageDecodeError("missing_file", "the stored image file is missing")
     except ImageDecodeError as error:
         return error
+    except Exception as error:  # one unreadable file must never fail its neighbours
+        log.exception("image %s could not be prepared", claim.image_id)
+        return ImageDecodeError(
+            "unreadable_image", f"the image could not be read or decoded ({type(error).__name__})"
+        )
 
 
 def decode_claims(
@@ -288,7 +335,7 @@ def decode_claims(
 def record_outcomes(
     runtime: WorkerRuntime,
     claims: list[Claim],
-    predictions: list[tuple[Claim, np.ndarray]],
+    predictions: list[tuple[Claim, GradeOutcome]],
     failures: list[tuple[Claim, ImageDecodeError]],
     inference_ms: float,
 ) -> tuple[int, int]:
@@ -299,8 +346,8 @@ def record_outcomes(
     with runtime.sessions.begin() as session:
         owned = _still_owned(session, claims)
         results = [
-            _result_row(runtime, claim, probs, inference_ms)
-            for claim, probs in predictions
+            _result_row(runtime, claim, outcome, inference_ms)
+            for claim, outcome in predictions
             if claim.image_id in owned
         ]
         if results:
@@ -349,12 +396,11 @@ def _finish(
 
 
 def _result_row(
-    runtime: WorkerRuntime, claim: Claim, probabilities: np.ndarray, inference_ms: float
+    runtime: WorkerRuntime, claim: Claim, outcome: GradeOutcome, inference_ms: float
 ) -> dict[str, Any]:
     manifest = runtime.model.manifest
-    outcome = interpret_probabilities(probabilities, manifest)
     return {
-        "id": uuid.uuid4(),
+        "id": uuid7(),
         "image_id": claim.image_id,
         "batch_id": claim.batch_id,
         "grade": outcome.grade,

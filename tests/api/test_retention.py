@@ -20,6 +20,7 @@ from cli.main import cli
 from common.ids import uuid7
 from common.imaging import normalise
 from common.models import AuditEvent, Batch, Image, ImageState, Result, utcnow
+from common.results import interpret_probabilities
 from common.retention import purge_batch
 from common.settings import Settings
 from common.storage import ImageStore
@@ -138,7 +139,8 @@ def test_delete_fences_out_a_worker_that_already_claimed_the_image(
     probabilities = runtime.model.predict(
         normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
     )
-    predictions = list(zip(decoded, probabilities, strict=True))
+    outcomes = [interpret_probabilities(p, runtime.model.manifest) for p in probabilities]
+    predictions = list(zip(decoded, outcomes, strict=True))
     assert record_outcomes(runtime, claims, predictions, failures, 1.0) == (0, 0)
     assert _count(sessions, Result) == 0
     status = client.get(batch["links"]["self"], headers=auth).get_json()

@@ -134,3 +134,22 @@ def test_reconciler_drops_expired_idempotency_keys(
     reconcile_once(sessions, make_celery(settings), settings)
     with sessions() as session:
         assert session.scalars(select(IdempotencyKey.key)).all() == ["new"]
+
+
+def test_reconciler_settles_a_batch_a_worker_left_unsettled(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    """A worker killed between committing results and settling leaves the batch behind."""
+    (image_id,) = _submit(client, auth, fundus_jpeg, 1)
+    with sessions.begin() as session:
+        session.execute(update(Image).where(Image.id == image_id).values(state=ImageState.FAILED))
+        session.execute(update(Batch).values(state=BatchState.PROCESSING))
+    reconcile_once(sessions, make_celery(settings), settings)
+    with sessions() as session:
+        batch = session.scalars(select(Batch)).one()
+    assert batch.state == BatchState.COMPLETED_WITH_ERRORS
+    assert batch.completed_at is not None

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.imaging import normalise
 from common.manifest import read_manifest
-from common.models import Batch, BatchState, Image, ImageState, Result
+from common.models import Batch, BatchState, Image, ImageState, Result, utcnow
+from common.results import interpret_probabilities
 from common.settings import Settings
 from worker.grading import claim_images, decode_claims, grade_images, record_outcomes
 from worker.runtime import WorkerRuntime
@@ -108,6 +109,11 @@ def test_a_superseded_claim_cannot_write(
     with sessions.begin() as session:
         stale = claim_images(session, ids, max_attempts=5, lease_s=60)
     with sessions.begin() as session:
+        assert claim_images(session, ids, max_attempts=5, lease_s=60) == [], "lease still live"
+        session.execute(
+            update(Image).where(Image.id.in_(ids)).values(lease_expires_at=utcnow())
+        )  # the first claimant stalled past its lease
+    with sessions.begin() as session:
         fresh = claim_images(session, ids, max_attempts=5, lease_s=60)
     assert [c.attempt for c in stale] == [1, 1]
     assert [c.attempt for c in fresh] == [2, 2]
@@ -121,8 +127,13 @@ def test_a_superseded_claim_cannot_write(
 def _predict_and_record(runtime: WorkerRuntime, claims: list) -> tuple[int, int]:
     pixels, decoded, failures = decode_claims(runtime, claims)
     inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
-    predictions = list(zip(decoded, runtime.model.predict(inputs), strict=True))
-    return record_outcomes(runtime, claims, predictions, failures, 1.0)
+    outcomes = [
+        interpret_probabilities(probs, runtime.model.manifest)
+        for probs in runtime.model.predict(inputs)
+    ]
+    return record_outcomes(
+        runtime, claims, list(zip(decoded, outcomes, strict=True)), failures, 1.0
+    )
 
 
 def test_missing_file_and_exhausted_attempts_fail_with_reasons(
@@ -295,3 +306,20 @@ def test_a_lone_image_waits_no_longer_than_the_maximum_for_company(
     _, ids = submit([(fundus_jpeg(seed=403), "alone.jpg")])
     report = grade_images(waiting, ids)
     assert (report.claimed, report.graded) == (1, 1)
+
+
+def test_an_unexpected_read_error_fails_that_image_alone(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=600 + i), f"{i}.jpg") for i in range(3)])
+    with sessions.begin() as session:  # a row pointing outside the store
+        session.execute(
+            update(Image).where(Image.id == ids[1]).values(storage_path="../../etc/passwd")
+        )
+    report = grade_images(runtime, ids)
+    assert (report.graded, report.failed) == (2, 1)
+    with sessions() as session:
+        assert session.get_one(Image, ids[1]).error_code == "unreadable_image"
