@@ -69,6 +69,37 @@ class ProgrammeScope:
             query = query.where(Image.id > after)
         return self.session.execute(query.order_by(Image.id).limit(limit + 1)).all()
 
+    def patients_page(
+        self, batch: Batch, after: str | None, limit: int
+    ) -> tuple[list[str], Sequence[Row[tuple[Image, Result | None]]]]:
+        """Up to ``limit + 1`` patient ids of a batch in order, and the first ``limit``
+        patients' images with their results."""
+        query = (
+            select(Image.patient_id)
+            .where(
+                Image.batch_id == batch.id,
+                Image.programme_id == self.programme_id,
+                Image.patient_id.is_not(None),
+            )
+            .distinct()
+            .order_by(Image.patient_id)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            query = query.where(Image.patient_id > after)
+        patient_ids = [p for p in self.session.scalars(query) if p is not None]
+        rows = self.session.execute(
+            select(Image, Result)
+            .outerjoin(Result, Result.image_id == Image.id)
+            .where(
+                Image.batch_id == batch.id,
+                Image.programme_id == self.programme_id,
+                Image.patient_id.in_(patient_ids[:limit]),
+            )
+            .order_by(Image.patient_id, Image.id)
+        ).all()
+        return patient_ids, rows
+
     def batch_with_summary(self, batch_id: uuid.UUID) -> tuple[Batch, BatchSummary] | None:
         """One of this programme's batches and its trigger-kept counters, in one query."""
         rows = self.session.execute(

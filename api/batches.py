@@ -10,13 +10,27 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.audit import audit, audit_read
 from api.auth import scope
 from api.errors import ApiError, not_found
-from api.pagination import decode_cursor, encode_cursor, parse_limit
-from api.responses import batch_brief, batch_status, image_record, result_row, self_url
+from api.pagination import (
+    decode_cursor,
+    decode_text_cursor,
+    encode_cursor,
+    encode_text_cursor,
+    parse_limit,
+)
+from api.responses import (
+    batch_brief,
+    batch_status,
+    image_record,
+    patient_row,
+    result_row,
+    self_url,
+)
 from api.state import api_state, db_session
 from api.submission import enqueue_grading, record_images
 from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
 from common.batch_progress import settle_batch
 from common.models import Batch, BatchState, utcnow
+from common.patients import EyeImage, roll_up
 
 bp = Blueprint("batches", __name__)
 
@@ -229,3 +243,42 @@ def list_images(batch_id: uuid.UUID) -> Response:
     return _image_listing(
         batch_id, "v1.batches.list_images", lambda i, _r: image_record(i), "images.read"
     )
+
+
+@bp.get("/batches/<uuid:batch_id>/patients")
+def list_patients(batch_id: uuid.UUID) -> Response:
+    """One row per patient (from the metadata's ``patient_id``/``laterality``): grade per
+    eye, the patient's grade, and ``refer`` / ``rescreen_12m`` / ``recapture`` / ``pending``."""
+    settings = api_state().settings
+    limit = parse_limit(
+        request.args.get("limit"), settings.page_size_default, settings.page_size_max
+    )
+    after = decode_text_cursor(request.args.get("cursor"))
+    batch = _owned_batch(batch_id)
+    patient_ids, rows = scope().patients_page(batch, after, limit)
+    by_patient: dict[str, list[EyeImage]] = {p: [] for p in patient_ids[:limit]}
+    for image, result in rows:
+        by_patient[image.patient_id or ""].append(
+            EyeImage(
+                image_id=str(image.id),
+                laterality=image.laterality,
+                state=image.state.value,
+                grade=result.grade if result else None,
+                referable=result.referable if result else None,
+            )
+        )
+    links = {
+        "self": self_url(),
+        "batch": url_for("v1.batches.get_batch", batch_id=batch.id, _external=True),
+    }
+    if len(patient_ids) > limit:
+        links["next"] = url_for(
+            "v1.batches.list_patients",
+            batch_id=batch.id,
+            limit=limit,
+            cursor=encode_text_cursor(patient_ids[limit - 1]),
+            _external=True,
+        )
+    items = [patient_row(roll_up(p, images)) for p, images in by_patient.items()]
+    audit_read("results.read", "batch", batch.id, {"patients": len(items)})
+    return jsonify({"batch_id": str(batch.id), "items": items, "links": links})

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 
 from api.errors import ApiError
+
+_CURSOR_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def encode_cursor(last_id: uuid.UUID) -> str:
@@ -24,6 +27,26 @@ def decode_cursor(cursor: str | None) -> uuid.UUID | None:
             raise ValueError("wrong length")
         return uuid.UUID(bytes=raw)
     except (ValueError, binascii.Error) as exc:
+        raise ApiError(400, "invalid_cursor", "the cursor is not valid") from exc
+
+
+def encode_text_cursor(last: str) -> str:
+    """An opaque cursor after a text key (a patient id)."""
+    return base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
+
+
+def decode_text_cursor(cursor: str | None) -> str | None:
+    """The text key a cursor points after; 400 for anything we did not issue."""
+    if not cursor:
+        return None
+    try:
+        if not _CURSOR_ALPHABET.fullmatch(cursor):
+            raise ValueError("not base64url")
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not value:
+            raise ValueError("empty")
+        return value
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_cursor", "the cursor is not valid") from exc
 
 

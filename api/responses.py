@@ -9,6 +9,7 @@ from flask import request, url_for
 
 from api.access import BatchSummary
 from common.models import Batch, Image, Result
+from common.patients import PatientOutcome
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -34,6 +35,7 @@ def batch_links(batch: Batch) -> dict[str, str]:
         "self": url_for("v1.batches.get_batch", batch_id=batch.id, _external=True),
         "results": url_for("v1.batches.list_results", batch_id=batch.id, _external=True),
         "images": url_for("v1.batches.list_images", batch_id=batch.id, _external=True),
+        "patients": url_for("v1.batches.list_patients", batch_id=batch.id, _external=True),
     }
     if batch.closed_at is None:
         links["add_images"] = url_for("v1.batches.add_images", batch_id=batch.id, _external=True)
@@ -142,4 +144,25 @@ def result_row(image: Image, result: Result | None) -> dict[str, Any]:
             {"code": image.error_code, "message": image.error_message} if image.error_code else None
         ),
         "links": {"image": url_for("v1.images.get_image", image_id=image.id, _external=True)},
+    }
+
+
+def patient_row(outcome: PatientOutcome) -> dict[str, Any]:
+    """One patient's roll-up, with links to the images behind it."""
+    return {
+        "patient_id": outcome.patient_id,
+        "outcome": outcome.outcome,
+        "grade": outcome.grade,
+        "eyes": {
+            side: {
+                "grade": eye.grade,
+                "referable": eye.referable,
+                "gradable_images": eye.gradable_images,
+                "images": [
+                    url_for("v1.images.get_image", image_id=image_id, _external=True)
+                    for image_id in eye.images
+                ],
+            }
+            for side, eye in sorted(outcome.eyes.items())
+        },
     }

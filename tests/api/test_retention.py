@@ -84,7 +84,7 @@ def test_delete_cancels_pending_images_and_keeps_graded_results(
     body = response.get_json()
     assert (body["id"], body["state"], body["image_count"]) == (batch["id"], "cancelled", 3)
     assert body["closed_at"] is not None and body["completed_at"] is not None
-    assert set(body["links"]) == {"self", "results", "images"}
+    assert set(body["links"]) == {"self", "results", "images", "patients"}
 
     polled = client.get(batch["links"]["self"], headers=auth)
     assert "Retry-After" not in polled.headers, "a cancelled batch is finished: stop polling"

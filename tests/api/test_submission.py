@@ -40,7 +40,7 @@ def test_multipart_submission_records_stores_and_enqueues(
     assert body["reference"] == "clinic-7"
     assert response.headers["Location"] == body["links"]["self"]
     assert body["links"]["self"].startswith("http://localhost/v1/batches/")
-    assert set(body["links"]) == {"self", "results", "images"}
+    assert set(body["links"]) == {"self", "results", "images", "patients"}
 
     with sessions() as session:
         images = session.scalars(select(Image).order_by(Image.id)).all()
