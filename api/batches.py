@@ -29,16 +29,11 @@ from api.state import api_state, db_session
 from api.submission import enqueue_grading, record_images
 from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
 from common.batch_progress import settle_batch
-from common.models import Batch, BatchState, utcnow
+from common.models import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
 from common.patients import EyeImage, roll_up
 
 bp = Blueprint("batches", __name__)
 
-FINISHED_BATCH_STATES = (
-    BatchState.COMPLETED,
-    BatchState.COMPLETED_WITH_ERRORS,
-    BatchState.CANCELLED,
-)
 MAX_REFERENCE_LENGTH = 200
 
 

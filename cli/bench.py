@@ -46,7 +46,7 @@ from common.db import make_engine
 from common.ids import uuid7
 from common.models import Batch, BatchState, Image, ImageState, Result, utcnow
 from common.schema import upgrade_to_head
-from common.settings import BUNDLED_MODEL
+from common.settings import BUNDLED_MODEL, Settings
 
 console = Console()
 UPLOAD_CHUNK = 64
@@ -127,6 +127,7 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dic
     model = load_model(model_path, batch_size)
     manifest = model.manifest
     stages = {"read": 0.0, "decode_preprocess": 0.0, "infer": 0.0}
+    max_pixels = Settings().max_image_pixels  # the worker's limit, so both decode alike
     started = time.perf_counter()
     for start in range(0, len(files), batch_size):
         clock = time.perf_counter()
@@ -134,7 +135,7 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dic
         stages["read"] += time.perf_counter() - clock
         clock = time.perf_counter()
         pixels = [
-            prepare_pixels(blob, size=manifest.input_size, max_pixels=120_000_000) for blob in blobs
+            prepare_pixels(blob, size=manifest.input_size, max_pixels=max_pixels) for blob in blobs
         ]
         inputs = normalise(np.stack(pixels), manifest.preprocessing)
         stages["decode_preprocess"] += time.perf_counter() - clock

@@ -7,8 +7,9 @@ one ``UPDATE ... WHERE state IN (...)`` so concurrent callers cannot move a batc
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import and_, case, exists, not_, select, update
+from sqlalchemy import ColumnElement, Exists, and_, case, exists, not_, select, update
 from sqlalchemy.orm import Session
 
 from common.models import (
@@ -24,7 +25,7 @@ from common.models import (
 _UNFINISHED = (BatchState.QUEUED, BatchState.PROCESSING)
 
 
-def _images_of(batch_id: uuid.UUID, *states: ImageState) -> exists:
+def _images_of(batch_id: uuid.UUID, *states: ImageState) -> Exists:
     return exists().where(Image.batch_id == batch_id, Image.state.in_(states))
 
 
@@ -80,3 +81,28 @@ def settle_finished_batches(session: Session) -> int:
     for batch_id in candidates:
         settle_batch(session, batch_id)
     return len(candidates)
+
+
+def fail_exhausted(
+    session: Session, condition: ColumnElement[bool], max_attempts: int, now: datetime
+) -> list[uuid.UUID]:
+    """Fail the images matching ``condition`` that are out of attempts and settle their
+    batches; returns one batch id per failed image. Shared by claims and the reconciler."""
+    batch_ids = list(
+        session.execute(
+            update(Image)
+            .where(condition, Image.attempts >= max_attempts)
+            .values(
+                state=ImageState.FAILED,
+                error_code="too_many_attempts",
+                error_message=f"grading was attempted {max_attempts} times without finishing",
+                finished_at=now,
+                lease_expires_at=None,
+            )
+            .returning(Image.batch_id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    for batch_id in set(batch_ids):
+        settle_batch(session, batch_id)
+    return batch_ids

@@ -72,6 +72,13 @@ class BatchState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+FINISHED_BATCH_STATES = (
+    BatchState.COMPLETED,
+    BatchState.COMPLETED_WITH_ERRORS,
+    BatchState.CANCELLED,
+)
+
+
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
     """A portable enum column: VARCHAR plus a CHECK constraint, stable across dialects."""
     return Enum(

@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.batch_progress import settle_batch, settle_finished_batches
+from common.batch_progress import fail_exhausted, settle_finished_batches
 from common.models import PENDING_IMAGE_STATES, IdempotencyKey, Image, ImageState, utcnow
 from common.queue import send_grading
 from common.settings import Settings
@@ -51,25 +51,7 @@ def reconcile_once(
         and_(Image.state == ImageState.PROCESSING, Image.lease_expires_at < now),
     )
     with sessions.begin() as session:
-        exhausted = session.execute(
-            update(Image)
-            .where(stuck, Image.attempts >= settings.max_attempts)
-            .values(
-                state=ImageState.FAILED,
-                error_code="too_many_attempts",
-                error_message=(
-                    f"grading was attempted {settings.max_attempts} times without finishing"
-                ),
-                finished_at=now,
-                lease_expires_at=None,
-            )
-            .returning(Image.batch_id)
-            .execution_options(synchronize_session=False)
-        ).scalars()
-        exhausted_batches = exhausted.all()
-        for batch_id in set(exhausted_batches):
-            settle_batch(session, batch_id)
-        exhausted_count = len(exhausted_batches)
+        exhausted_count = len(fail_exhausted(session, stuck, settings.max_attempts, now))
     with sessions.begin() as session:
         rows = session.execute(
             select(Image.id, Image.state)

@@ -18,13 +18,21 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from common.models import PENDING_IMAGE_STATES, Batch, BatchState, Image, ImageState, Result, utcnow
+from common.models import (
+    FINISHED_BATCH_STATES,
+    PENDING_IMAGE_STATES,
+    Batch,
+    BatchState,
+    Image,
+    ImageState,
+    Result,
+    utcnow,
+)
 from common.queue import chunked
 from common.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
-UNFINISHED_BATCH_STATES = (BatchState.OPEN, BatchState.QUEUED, BatchState.PROCESSING)
 # PostgreSQL allows 65,535 bind parameters per statement; stay far below it.
 _SHA_CHUNK = 1000
 
@@ -78,7 +86,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> CancelOutcome:
     ).all()
     batch = session.scalar(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.state.in_(UNFINISHED_BATCH_STATES))
+        .where(Batch.id == batch_id, Batch.state.not_in(FINISHED_BATCH_STATES))
         .values(
             state=BatchState.CANCELLED,
             closed_at=func.coalesce(Batch.closed_at, now),

@@ -87,11 +87,6 @@ class Settings(BaseSettings):
         return 2 * self.lease_s
 
     @property
-    def is_redis_broker(self) -> bool:
-        """True for the production broker."""
-        return self.broker_url.startswith(("redis://", "rediss://"))
-
-    @property
     def image_store(self) -> Path:
         """Where image bytes live (always set after validation)."""
         assert self.storage_dir is not None

@@ -22,7 +22,7 @@ from sqlalchemy import Insert, Table, and_, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from common.batch_progress import mark_batches_processing, settle_batch
+from common.batch_progress import fail_exhausted, mark_batches_processing, settle_batch
 from common.ids import uuid7
 from common.imaging import ImageDecodeError, normalise, prepare_pixels
 from common.models import Image, ImageState, Result, utcnow
@@ -174,21 +174,7 @@ def claim_images(
             or_(Image.lease_expires_at.is_(None), Image.lease_expires_at < now),
         ),
     )
-    exhausted = session.execute(
-        update(Image)
-        .where(Image.id.in_(ids), claimable, Image.attempts >= max_attempts)
-        .values(
-            state=ImageState.FAILED,
-            error_code="too_many_attempts",
-            error_message=f"grading was attempted {max_attempts} times without finishing",
-            finished_at=now,
-            lease_expires_at=None,
-        )
-        .returning(Image.batch_id)
-        .execution_options(synchronize_session=False)
-    ).scalars()
-    for batch_id in set(exhausted):
-        settle_batch(session, batch_id)
+    fail_exhausted(session, and_(Image.id.in_(ids), claimable), max_attempts, now)
     rows = session.execute(
         update(Image)
         .where(Image.id.in_(ids), claimable)
