@@ -121,11 +121,10 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dic
     """The ceiling: one process, one loop, the worker's own decode and inference code."""
     import numpy as np
 
-    from common.imaging import normalise, prepare_pixels
     from worker.model import load_model
 
     model = load_model(model_path, batch_size)
-    manifest = model.manifest
+    preprocessor = model.manifest.preprocessor
     stages = {"read": 0.0, "decode_preprocess": 0.0, "infer": 0.0}
     max_pixels = Settings().max_image_pixels  # the worker's limit, so both decode alike
     started = time.perf_counter()
@@ -134,10 +133,8 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dic
         blobs = [path.read_bytes() for path in files[start : start + batch_size]]
         stages["read"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        pixels = [
-            prepare_pixels(blob, size=manifest.input_size, max_pixels=max_pixels) for blob in blobs
-        ]
-        inputs = normalise(np.stack(pixels), manifest.preprocessing)
+        pixels = [preprocessor.prepare(blob, max_pixels=max_pixels) for blob in blobs]
+        inputs = preprocessor.normalise(np.stack(pixels))
         stages["decode_preprocess"] += time.perf_counter() - clock
         clock = time.perf_counter()
         model.predict(inputs)

@@ -1,7 +1,6 @@
-"""Decoding and preprocessing of fundus photographs: pure functions over bytes and arrays.
+"""Decoding fundus photographs: pure functions from untrusted bytes to an upright RGB image.
 
-Training, evaluation, the benchmark and the worker all call these, so an image is
-prepared identically wherever it is graded.
+What a model does with the image afterwards lives in :mod:`common.preprocessing`.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ MIN_SIDE = 32
 FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
 # MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
 _DRAFTABLE_FORMATS = ("JPEG", "MPO")
-_CAFFE_MEANS_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -114,35 +110,3 @@ def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int]:
         min(image.width, int(np.ceil((cols[-1] + 1) * scale_x))),
         min(image.height, int(np.ceil((rows[-1] + 1) * scale_y))),
     )
-
-
-def square_fundus(image: Image.Image, size: int) -> np.ndarray:
-    """Crop to the field of view, pad to a centred square on black, resize: uint8 HxWx3."""
-    cropped = image.crop(field_of_view_box(image))
-    side = max(cropped.size)
-    canvas = Image.new("RGB", (side, side))
-    canvas.paste(cropped, ((side - cropped.width) // 2, (side - cropped.height) // 2))
-    resized = canvas.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(resized, dtype=np.uint8)
-
-
-def normalise(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """Scale uint8 RGB pixels (…xHxWx3) the way the backbone was trained: float32 out."""
-    x = pixels.astype(np.float32)
-    if mode == "rescale":
-        return x / 255.0
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "caffe":
-        return x[..., ::-1] - _CAFFE_MEANS_BGR
-    if mode == "torch":
-        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
-    if mode == "raw":
-        return x
-    raise ValueError(f"unknown preprocessing mode {mode!r}")
-
-
-def prepare_pixels(data: bytes, *, size: int, max_pixels: int) -> np.ndarray:
-    """Bytes to the model's uint8 square input; raises :class:`ImageDecodeError`."""
-    image = decode_image(data, max_pixels=max_pixels, draft_size=size * 2)
-    return square_fundus(image, size)

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.preprocessing import NORMALISATIONS, PREPROCESSING_VERSION, FundusPreprocessing
+
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 REFERABLE_MIN_GRADE = 2
 MANIFEST_NAME = "manifest.json"
-PREPROCESSING_MODES = ("rescale", "tf", "caffe", "torch", "raw")
+HEADS = ("softmax", "regression")
 
 
 class ManifestError(ValueError):
@@ -30,19 +32,33 @@ class ModelManifest:
     version: str
     sha256: str
     input_size: int
-    preprocessing: str
+    preprocessing: str  # the backbone's preprocess_input mode, one of NORMALISATIONS
     class_names: tuple[str, ...] = GRADE_NAMES
     referable_threshold: float = 0.5
-    preprocessing_version: str = "1"
+    preprocessing_version: str = PREPROCESSING_VERSION
+    ben_graham: bool = False
+    architecture: str = "small"
+    head: str = "softmax"
+    # Overrides of common.quality's defaults that suit this model's training images;
+    # settings override these in turn.
+    quality_thresholds: dict[str, float] = field(default_factory=dict)
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
 
     def __post_init__(self) -> None:
-        if self.preprocessing not in PREPROCESSING_MODES:
+        if self.preprocessing not in NORMALISATIONS:
             raise ManifestError(
-                f"preprocessing must be one of {PREPROCESSING_MODES}, not {self.preprocessing!r}"
+                f"preprocessing must be one of {NORMALISATIONS}, not {self.preprocessing!r}"
             )
+        if self.preprocessing_version != PREPROCESSING_VERSION:
+            raise ManifestError(
+                f"the model was trained with preprocessing version "
+                f"{self.preprocessing_version!r}, but this code implements "
+                f"{PREPROCESSING_VERSION!r}: retrain it, or serve it with a matching release"
+            )
+        if self.head not in HEADS:
+            raise ManifestError(f"head must be one of {HEADS}, not {self.head!r}")
         if len(self.class_names) != len(GRADE_NAMES):
             raise ManifestError("class_names must list the five ICDR grades")
         if not 32 <= self.input_size <= 1024:
@@ -50,24 +66,49 @@ class ModelManifest:
         if not 0.0 < self.referable_threshold < 1.0:
             raise ManifestError("referable_threshold must lie strictly between 0 and 1")
 
-    def to_json(self) -> str:
-        """Stable, human-readable JSON."""
+    @property
+    def preprocessor(self) -> FundusPreprocessing:
+        """The preprocessing this model was trained with, ready to run."""
+        return FundusPreprocessing(self.input_size, self.preprocessing, self.ben_graham)
+
+    @property
+    def preprocessing_steps(self) -> tuple[str, ...]:
+        """The named steps from photograph to model input, as results record them."""
+        return self.preprocessor.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, plus the preprocessing steps spelled out for readers."""
         data = asdict(self)
         data["class_names"] = list(self.class_names)
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        data["preprocessing_steps"] = list(self.preprocessing_steps)
+        return data
+
+    def to_json(self) -> str:
+        """Stable, human-readable JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
         """Build from parsed JSON, naming the missing or unknown key on error."""
+        data = dict(data)
+        steps = data.pop("preprocessing_steps", None)
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ManifestError(f"unknown manifest keys: {sorted(unknown)}")
         try:
-            data = {**data, "class_names": tuple(data.get("class_names", GRADE_NAMES))}
-            return cls(**data)
-        except TypeError as exc:
+            data["class_names"] = tuple(data.get("class_names", GRADE_NAMES))
+            manifest = cls(**data)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
             raise ManifestError(f"invalid manifest: {exc}") from exc
+        if steps is not None and tuple(steps) != manifest.preprocessing_steps:
+            raise ManifestError(
+                f"preprocessing_steps {steps} do not match the fields, which give "
+                f"{list(manifest.preprocessing_steps)}"
+            )
+        return manifest
 
 
 def manifest_path_for(model_path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Train the small grading CNN and write ``model.keras`` with its manifest.
 
 The only training module that imports TensorFlow. Every image goes through
-:func:`common.imaging.prepare_pixels` and :func:`common.imaging.normalise`, exactly as the
+:class:`common.preprocessing.FundusPreprocessing`, exactly as the
 worker will feed it, so what the held-out metrics measure is what serving will see.
 """
 
@@ -23,7 +23,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import metrics  # noqa: E402
-from common.imaging import ImageDecodeError, normalise, prepare_pixels  # noqa: E402
+from common.imaging import ImageDecodeError  # noqa: E402
+from common.preprocessing import FundusPreprocessing, normalise  # noqa: E402
 from common.manifest import (  # noqa: E402
     GRADE_NAMES,
     REFERABLE_MIN_GRADE,
@@ -61,6 +62,11 @@ class TrainConfig:
     referable_threshold: float = 0.5
     seed: int = 0
 
+    @property
+    def preprocessor(self) -> FundusPreprocessing:
+        """The preprocessing the model is trained with and its manifest will name."""
+        return FundusPreprocessing(self.input_size, self.preprocessing)
+
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must lie strictly between 0 and 1")
@@ -72,7 +78,7 @@ class TrainConfig:
 class Dataset:
     """Prepared uint8 images, their grades, and a sentence saying where they came from."""
 
-    pixels: np.ndarray  # N x S x S x 3, uint8, as prepare_pixels returns them
+    pixels: np.ndarray  # N x S x S x 3, uint8, as FundusPreprocessing.prepare returns them
     grades: np.ndarray  # N, int64
     description: str
 
@@ -138,7 +144,7 @@ def synthetic_dataset(config: TrainConfig, progress: Progress) -> Dataset:
     started = time.perf_counter()
     for _, grade, image in iter_dataset(config.per_grade, size=config.synth_size, seed=config.seed):
         data = encode_image(image, "jpg")
-        pixels.append(prepare_pixels(data, size=config.input_size, max_pixels=MAX_IMAGE_PIXELS))
+        pixels.append(config.preprocessor.prepare(data, max_pixels=MAX_IMAGE_PIXELS))
         grades.append(grade)
     progress(f"generated {len(grades)} synthetic images in {time.perf_counter() - started:.1f} s")
     description = (
@@ -164,9 +170,7 @@ def folder_dataset(config: TrainConfig, progress: Progress) -> Dataset:
     pixels, grades, skipped = [], [], 0
     for path, grade in _folder_images(config.data_dir):
         try:
-            prepared = prepare_pixels(
-                path.read_bytes(), size=config.input_size, max_pixels=MAX_IMAGE_PIXELS
-            )
+            prepared = config.preprocessor.prepare(path.read_bytes(), max_pixels=MAX_IMAGE_PIXELS)
         except ImageDecodeError as exc:
             progress(f"skipping {path}: {exc}")
             skipped += 1

@@ -1,4 +1,4 @@
-"""Decoding and preprocessing edge cases, table-driven."""
+"""Decoding edge cases, table-driven."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imaging import (
-    ImageDecodeError,
-    decode_image,
-    field_of_view_box,
-    normalise,
-    prepare_pixels,
-    square_fundus,
-)
+from common.imaging import ImageDecodeError, decode_image, field_of_view_box
+from common.preprocessing import square_fundus
 
 LIMIT = 50_000_000
 
@@ -120,39 +114,3 @@ def test_field_of_view_crop_centres_the_disc() -> None:
 def test_blank_image_keeps_the_whole_frame() -> None:
     black = Image.new("RGB", (120, 80))
     assert field_of_view_box(black) == (0, 0, 120, 80)
-
-
-@pytest.mark.parametrize(
-    ("mode", "value", "expected"),
-    [
-        ("rescale", 255, [1.0, 1.0, 1.0]),
-        ("tf", 0, [-1.0, -1.0, -1.0]),
-        ("tf", 255, [1.0, 1.0, 1.0]),
-        ("raw", 7, [7.0, 7.0, 7.0]),
-        ("caffe", 0, [-103.939, -116.779, -123.68]),
-        ("torch", 0, [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]),
-    ],
-)
-def test_normalise_modes(mode: str, value: int, expected: list[float]) -> None:
-    pixels = np.full((1, 2, 2, 3), value, dtype=np.uint8)
-    out = normalise(pixels, mode)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out[0, 0, 0], expected, rtol=1e-5)
-
-
-def test_caffe_swaps_to_bgr() -> None:
-    pixels = np.zeros((1, 1, 3), dtype=np.uint8)
-    pixels[..., 0] = 255  # red
-    out = normalise(pixels, "caffe")
-    assert out[0, 0, 2] == pytest.approx(255 - 123.68)
-
-
-def test_unknown_mode_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown preprocessing mode"):
-        normalise(np.zeros((1, 1, 3), dtype=np.uint8), "magic")
-
-
-def test_prepare_pixels_gives_the_model_input() -> None:
-    out = prepare_pixels(_encode(_disc(size=400), "JPEG"), size=96, max_pixels=LIMIT)
-    assert out.shape == (96, 96, 3)
-    assert out.dtype == np.uint8

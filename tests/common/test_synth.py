@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imaging import FIELD_OF_VIEW_THRESHOLD, field_of_view_box, prepare_pixels
+from common.imaging import FIELD_OF_VIEW_THRESHOLD, field_of_view_box
+from common.preprocessing import FundusPreprocessing
 from common.synth import GRADES, encode_image, generate_fundus, image_seed, write_dataset
 
 SIZE = 256
@@ -77,7 +78,9 @@ def test_field_of_view_is_found_by_the_serving_preprocessing(seed: int) -> None:
     left, top, right, bottom = field_of_view_box(image)
     assert 0.8 * 512 < right - left < 0.99 * 512
     assert 0.65 * 512 < bottom - top <= right - left + 8
-    prepared = prepare_pixels(encode_image(image, "jpg"), size=128, max_pixels=10**7)
+    prepared = FundusPreprocessing(128, "rescale").prepare(
+        encode_image(image, "jpg"), max_pixels=10**7
+    )
     assert prepared.shape == (128, 128, 3)
     assert prepared[64, 64].sum() > 3 * FIELD_OF_VIEW_THRESHOLD
 

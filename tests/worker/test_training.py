@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.imaging import normalise, prepare_pixels
+from common.preprocessing import FundusPreprocessing
 from common.manifest import GRADE_NAMES, file_sha256, load_verified_manifest
 from common.synth import encode_image, generate_fundus, write_dataset
 from worker.training import (
@@ -53,8 +53,9 @@ def _tiny(out_dir: Path, **overrides: object) -> TrainConfig:
 def _predict(model_path: Path, input_size: int) -> np.ndarray:
     model = keras.saving.load_model(model_path, compile=False)
     images = [encode_image(generate_fundus(grade, 99, 128)) for grade in range(5)]
-    pixels = np.stack([prepare_pixels(data, size=input_size, max_pixels=10**7) for data in images])
-    return np.asarray(model.predict(normalise(pixels, "rescale"), verbose=0))
+    preprocessor = FundusPreprocessing(input_size, "rescale")
+    pixels = np.stack([preprocessor.prepare(data, max_pixels=10**7) for data in images])
+    return np.asarray(model.predict(preprocessor.normalise(pixels), verbose=0))
 
 
 def test_smoke_train_on_synthetic_images(tmp_path: Path) -> None:
