@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 
 from common import metrics  # noqa: E402
 from common.imaging import ImageDecodeError  # noqa: E402
-from common.preprocessing import FundusPreprocessing, normalise  # noqa: E402
 from common.manifest import (  # noqa: E402
     GRADE_NAMES,
     REFERABLE_MIN_GRADE,
@@ -32,6 +31,7 @@ from common.manifest import (  # noqa: E402
     file_sha256,
     write_manifest,
 )
+from common.preprocessing import FundusPreprocessing, normalise  # noqa: E402
 from common.synth import encode_image, iter_dataset  # noqa: E402
 
 MODEL_NAME = "model.keras"

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.preprocessing import FundusPreprocessing
 from common.manifest import GRADE_NAMES, file_sha256, load_verified_manifest
+from common.preprocessing import FundusPreprocessing
 from common.synth import encode_image, generate_fundus, write_dataset
 from worker.training import (
     MODEL_NAME,
