@@ -6,7 +6,7 @@ import logging
 
 from flask import Blueprint, Flask, request
 
-from api import batches, health, images, retention
+from api import batches, health, images, models_registry, retention
 from api.auth import authenticate
 from api.errors import register_error_handlers
 from api.idempotency import begin_idempotent_request, finish_idempotent_request
@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> Flask:
     v1.register_blueprint(batches.bp)
     v1.register_blueprint(images.bp)
     v1.register_blueprint(retention.bp)
+    v1.register_blueprint(models_registry.bp)
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
 

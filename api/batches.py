@@ -35,6 +35,7 @@ from common.patients import EyeImage, roll_up
 bp = Blueprint("batches", __name__)
 
 MAX_REFERENCE_LENGTH = 200
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
 def _reference(raw: Any) -> str | None:
@@ -45,6 +46,15 @@ def _reference(raw: Any) -> str | None:
             422, "invalid_reference", f"reference must be text of at most {MAX_REFERENCE_LENGTH}"
         )
     return raw
+
+
+def _explain(raw: Any) -> bool:
+    """The ``explain`` flag, from a form field ("true"/"false") or a JSON boolean."""
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in _FLAGS:
+        return _FLAGS[raw.strip().lower()]
+    raise ApiError(422, "invalid_explain", "explain must be true or false")
 
 
 def _owned_batch(batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
@@ -77,6 +87,7 @@ def create_batch() -> Response:
     batch = Batch(
         programme_id=scope().programme_id,
         reference=_reference(request.form.get("reference")),
+        explain=_explain(request.form.get("explain")),
         state=BatchState.QUEUED,
         image_count=0,
         created_at=now,
@@ -96,7 +107,7 @@ def _create_open_batch() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    unknown = sorted(set(body) - {"reference", "open"})
+    unknown = sorted(set(body) - {"reference", "open", "explain"})
     if unknown:
         raise ApiError(422, "unknown_fields", f"unknown field(s): {', '.join(unknown)}")
     if body.get("open") is not True:
@@ -109,6 +120,7 @@ def _create_open_batch() -> Response:
     batch = Batch(
         programme_id=scope().programme_id,
         reference=_reference(body.get("reference")),
+        explain=_explain(body.get("explain")),
         state=BatchState.OPEN,
         image_count=0,
     )

@@ -1,15 +1,17 @@
-"""``/v1/images/<id>``: one image's state, result or error, and provenance."""
+"""``/v1/images/<id>``: one image's state, result or error, provenance, and heat map."""
 
 from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, send_file
 
 from api.audit import audit_read
 from api.auth import scope
-from api.errors import not_found
+from api.errors import ApiError, not_found
 from api.responses import image_detail
+from api.state import api_state
+from common.models import Image, Result
 
 bp = Blueprint("images", __name__)
 
@@ -24,3 +26,31 @@ def get_image(image_id: uuid.UUID) -> Response:
     response = jsonify(image_detail(image, result))
     audit_read("results.read", "image", image.id, {"batch_id": str(image.batch_id), "items": 1})
     return response
+
+
+@bp.get("/images/<uuid:image_id>/heatmap")
+def get_heatmap(image_id: uuid.UUID) -> Response:
+    """The Grad-CAM overlay (PNG) of the image's result; 404 JSON saying why when none."""
+    row = scope().image_with_result(image_id)
+    if row is None:
+        raise not_found("image")
+    image, result = row
+    if result is None or result.heatmap_sha256 is None:
+        raise ApiError(404, "no_heatmap", _why_no_heatmap(image, result))
+    store = api_state().store
+    path = store.path_for(store.relative_path(result.heatmap_sha256))
+    audit_read("heatmap.read", "image", image.id, {"batch_id": str(image.batch_id), "items": 1})
+    response = send_file(path, mimetype="image/png", etag=result.heatmap_sha256, conditional=True)
+    response.headers["Cache-Control"] = "private, max-age=86400, immutable"
+    return response
+
+
+def _why_no_heatmap(image: Image, result: Result | None) -> str:
+    if result is None:
+        return f"the image is {image.state.value}, not graded"
+    if not result.gradable:
+        return "the image is ungradable, so the model never looked at it"
+    return (
+        "no heat map has been made for this image: they are made for referable and borderline "
+        "results, and for every image of a batch created with explain=true, shortly after grading"
+    )

@@ -10,6 +10,7 @@ from flask import request, url_for
 from api.access import BatchSummary
 from common.models import Batch, Image, Result
 from common.patients import PatientOutcome
+from common.quality import QualityReport
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -50,6 +51,16 @@ def batch_brief(batch: Batch) -> dict[str, Any]:
         "reference": batch.reference,
         "state": batch.state.value,
         "image_count": batch.image_count,
+        "explain": batch.explain,
+        "model": (
+            {
+                "name": batch.model_name,
+                "version": batch.model_version,
+                "sha256": batch.model_sha256,
+            }
+            if batch.model_sha256
+            else None
+        ),
         "created_at": iso(batch.created_at),
         "closed_at": iso(batch.closed_at),
         "completed_at": iso(batch.completed_at),
@@ -96,20 +107,32 @@ def image_record(image: Image) -> dict[str, Any]:
 
 
 def grading(result: Result | None) -> dict[str, Any] | None:
-    """The grade and referral decision, or None until graded."""
+    """The outcome: a grade and referral decision, or ungradable with reasons; None until then."""
     if result is None:
         return None
+    report = QualityReport(result.gradable, tuple(result.ungradable_reasons), result.quality or {})
     return {
+        "gradable": result.gradable,
+        "ungradable_reasons": list(result.ungradable_reasons),
+        "message": report.message or None,
         "grade": result.grade,
         "grade_name": result.grade_name,
+        "expected_grade": result.expected_grade,
         "referable": result.referable,
         "referable_probability": result.referable_probability,
         "referable_threshold": result.referable_threshold,
         "confidence": result.confidence,
-        "probabilities": list(result.probabilities),
+        "probabilities": list(result.probabilities) if result.probabilities is not None else None,
+        "quality": result.quality,
         "model": model_of(result),
+        "preprocessing_version": result.preprocessing_version,
         "inference_ms": result.inference_ms,
         "graded_at": iso(result.created_at),
+        "heatmap": (
+            url_for("v1.images.get_heatmap", image_id=result.image_id, _external=True)
+            if result.heatmap_sha256
+            else None
+        ),
     }
 
 
@@ -134,8 +157,11 @@ def result_row(image: Image, result: Result | None) -> dict[str, Any]:
         "patient_id": image.patient_id,
         "laterality": image.laterality,
         "state": image.state.value,
+        "gradable": outcome.get("gradable"),
+        "ungradable_reasons": outcome.get("ungradable_reasons"),
         "grade": outcome.get("grade"),
         "grade_name": outcome.get("grade_name"),
+        "expected_grade": outcome.get("expected_grade"),
         "referable": outcome.get("referable"),
         "confidence": outcome.get("confidence"),
         "probabilities": outcome.get("probabilities"),
@@ -143,7 +169,10 @@ def result_row(image: Image, result: Result | None) -> dict[str, Any]:
         "error": (
             {"code": image.error_code, "message": image.error_message} if image.error_code else None
         ),
-        "links": {"image": url_for("v1.images.get_image", image_id=image.id, _external=True)},
+        "links": {
+            "image": url_for("v1.images.get_image", image_id=image.id, _external=True),
+            "heatmap": outcome.get("heatmap"),
+        },
     }
 
 

@@ -10,6 +10,7 @@ from cli.admin import admin
 from cli.bench import bench
 from cli.demo import demo
 from cli.modelling import synth, train
+from cli.quality import quality_eval
 from cli.servers import api, db, reconcile, worker
 from cli.submitting import results, status, submit
 
@@ -34,5 +35,6 @@ for command in (
     synth,
     train,
     bench,
+    quality_eval,
 ):
     cli.add_command(command)

@@ -82,12 +82,25 @@ def api(host: str, port: int, workers: int) -> None:
 @click.command(
     "worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
 )
+@click.option(
+    "--serve",
+    type=click.Choice(["all", "grading", "heatmaps"]),
+    default="all",
+    show_default=True,
+    help="Which queues to consume: production runs heat maps on workers of their own, so "
+    "they never take a grading worker's time.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a grading worker: ``celery -A worker worker --pool=solo`` plus any extra options."""
+def worker(serve: str, celery_args: tuple[str, ...]) -> None:
+    """Run a worker: ``celery -A worker worker --pool=solo`` plus any extra options."""
     require_schema_at_head()
     settings = get_settings()
-    argv = ["celery", "-A", "worker", "worker", "--queues", settings.queue_name]
+    queues = {
+        "all": [settings.queue_name, settings.explain_queue_name],
+        "grading": [settings.queue_name],
+        "heatmaps": [settings.explain_queue_name],
+    }[serve]
+    argv = ["celery", "-A", "worker", "worker", "--queues", ",".join(queues)]
     if not any(a.startswith(("--pool", "-P")) for a in celery_args):
         argv.append("--pool=solo")
     if not any(a.startswith(("--loglevel", "-l")) for a in celery_args):

@@ -94,7 +94,7 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(
             flat["filename"],
             str(flat["grade"]),
-            flat["grade_name"] or flat["error_code"],
+            flat["grade_name"] or flat["ungradable_reasons"] or flat["error_code"],
             {"true": "yes", "false": "no"}.get(flat["referable"], ""),
             flat["confidence"],
             flat["state"],

@@ -40,6 +40,19 @@ def mark_batches_processing(session: Session, batch_ids: set[uuid.UUID]) -> None
         )
 
 
+def record_batch_model(
+    session: Session, batch_ids: set[uuid.UUID], name: str, version: str, sha256: str
+) -> None:
+    """Record the model grading these batches, once: the first worker to grade one says."""
+    if batch_ids:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(batch_ids), Batch.model_sha256.is_(None))
+            .values(model_name=name, model_version=version, model_sha256=sha256)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def settle_batch(session: Session, batch_id: uuid.UUID) -> None:
     """Complete a closed batch once none of its images is pending; else note progress."""
     nothing_pending = not_(_images_of(batch_id, *PENDING_IMAGE_STATES))

@@ -22,6 +22,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,7 +105,7 @@ class Base(DeclarativeBase):
     """Declarative base with a naming convention so Alembic constraint names are stable."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON, list[str]: JSON}
 
 
 class Programme(Base):
@@ -145,6 +148,13 @@ class Batch(Base):
     reference: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[BatchState] = mapped_column(_enum(BatchState, "batch_state"))
     image_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The model that grades it, chosen at submission; version and hash are filled in by the
+    # first worker that grades an image of it, from the file it actually loaded.
+    model_name: Mapped[str | None] = mapped_column(String(100))
+    model_version: Mapped[str | None] = mapped_column(String(50))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Heat maps for every gradable image, not only the referable and borderline ones.
+    explain: Mapped[bool] = mapped_column(server_default=false())
     created_at: Mapped[Timestamp]
     closed_at: Mapped[OptionalTimestamp]
     completed_at: Mapped[OptionalTimestamp]
@@ -188,28 +198,43 @@ class Image(Base):
 
 
 class Result(Base):
-    """A grade for one image by one model file; unique per (image, model SHA-256)."""
+    """One model's outcome for one image: a grade, or ungradable with reasons.
+
+    Unique per (image, model SHA-256). An ungradable image has no grade, probabilities or
+    referral: the quality check stopped it before the model, and the reasons say why.
+    """
 
     __tablename__ = "results"
     __table_args__ = (
         UniqueConstraint("image_id", "model_sha256", name="uq_results_image_id_model_sha256"),
         Index("ix_results_batch_id_grade", "batch_id", "grade"),
         CheckConstraint("grade BETWEEN 0 AND 4", name="grade_range"),
+        CheckConstraint(
+            "(gradable AND grade IS NOT NULL AND referable IS NOT NULL)"
+            " OR (NOT gradable AND grade IS NULL AND referable IS NULL)",
+            name="gradable_has_grade",
+        ),
     )
 
     id: Mapped[UuidPk]
     image_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
-    grade: Mapped[int] = mapped_column(SmallInteger)
-    grade_name: Mapped[str] = mapped_column(String(32))
-    probabilities: Mapped[list[float]]
-    referable: Mapped[bool]
-    referable_probability: Mapped[float] = mapped_column(Float)
+    gradable: Mapped[bool] = mapped_column(server_default=true())
+    ungradable_reasons: Mapped[list[str]] = mapped_column(server_default=text("'[]'"))
+    quality: Mapped[dict[str, Any] | None]
+    grade: Mapped[int | None] = mapped_column(SmallInteger)
+    grade_name: Mapped[str | None] = mapped_column(String(32))
+    probabilities: Mapped[list[float] | None]
+    expected_grade: Mapped[float | None] = mapped_column(Float)
+    referable: Mapped[bool | None]
+    referable_probability: Mapped[float | None] = mapped_column(Float)
     referable_threshold: Mapped[float] = mapped_column(Float)
-    confidence: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)
     model_name: Mapped[str] = mapped_column(String(100))
     model_version: Mapped[str] = mapped_column(String(50))
     model_sha256: Mapped[Sha256]
+    preprocessing_version: Mapped[str] = mapped_column(String(20), server_default="1")
+    heatmap_sha256: Mapped[str | None] = mapped_column(String(64))
     inference_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[Timestamp]
 

@@ -14,6 +14,7 @@ from celery import Celery
 from common.settings import Settings
 
 GRADE_IMAGES_TASK = "retinaq.grade_images"
+EXPLAIN_IMAGES_TASK = "retinaq.explain_images"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -46,7 +47,10 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue_name,
-        task_routes={GRADE_IMAGES_TASK: {"queue": settings.queue_name}},
+        task_routes={
+            GRADE_IMAGES_TASK: {"queue": settings.queue_name},
+            EXPLAIN_IMAGES_TASK: {"queue": settings.explain_queue_name},
+        },
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -77,6 +81,18 @@ def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> No
             GRADE_IMAGES_TASK,
             args=[chunk],
             queue=settings.queue_name,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+
+def send_explaining(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
+    """Heat-map tasks on their own queue, so a worker serving grading never runs them first."""
+    for chunk in chunked([str(i) for i in image_ids], settings.grading_batch_size):
+        celery.send_task(
+            EXPLAIN_IMAGES_TASK,
+            args=[chunk],
+            queue=settings.explain_queue_name,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )

@@ -1,4 +1,5 @@
-"""The result schema: how a model's five grade probabilities become a screening decision."""
+"""The result schema: how a model's five grade probabilities become a screening decision,
+and how an image the quality check refused is recorded instead."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class GradeOutcome:
     grade: int
     grade_name: str
     probabilities: tuple[float, ...]
+    expected_grade: float  # probability-weighted mean grade: finer than the argmax
     referable: bool
     referable_probability: float
     referable_threshold: float
@@ -41,8 +43,23 @@ def interpret_probabilities(probabilities: np.ndarray, manifest: ModelManifest) 
         grade=grade,
         grade_name=manifest.class_names[grade],
         probabilities=tuple(round(float(p), 6) for p in probs),
+        expected_grade=round(float(np.dot(probs, np.arange(probs.size))), 6),
         referable=referable_probability >= manifest.referable_threshold,
         referable_probability=round(referable_probability, 6),
         referable_threshold=manifest.referable_threshold,
         confidence=round(float(probs[grade]), 6),
     )
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What grading decided for one image: ungradable with reasons, or a grade."""
+
+    gradable: bool
+    reasons: tuple[str, ...]
+    quality: dict[str, float]
+    grade: GradeOutcome | None
+
+    def __post_init__(self) -> None:
+        if self.gradable != (self.grade is not None):
+            raise ValueError("a gradable image has a grade, an ungradable one has none")

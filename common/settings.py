@@ -15,7 +15,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = PROJECT_ROOT / "models" / "retinaq-small" / "model.keras"
+MODELS_DIR = PROJECT_ROOT / "models"
+BUNDLED_MODEL_NAME = "retinaq-small"
+BUNDLED_MODEL = MODELS_DIR / BUNDLED_MODEL_NAME / "model.keras"
 
 
 class Settings(BaseSettings):
@@ -27,9 +29,35 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; default a SQLite file.")
     broker_url: str = Field(default="", description="Celery broker URL; default a folder broker.")
     storage_dir: Path | None = Field(default=None, description="Content-addressed image store.")
-    model_path: Path = Field(default=BUNDLED_MODEL, description="Keras model; manifest beside it.")
+    models_dir: Path = Field(
+        default=MODELS_DIR, description="The model registry: <name>/model.keras + manifest."
+    )
+    model_name: str = Field(
+        default=BUNDLED_MODEL_NAME, description="The registry model that workers serve."
+    )
+    model_path: Path | None = Field(
+        default=None, description="A model file outside the registry; overrides model_name."
+    )
 
     queue_name: str = "retinaq.grading"
+    explain_queue_name: str = Field(
+        default="retinaq.explain",
+        description="Heat-map tasks: a queue of their own, so grading never waits for them.",
+    )
+    quality_check: bool = Field(
+        default=True, description="Refuse blurred, badly exposed and non-fundus images."
+    )
+    quality_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Overrides of the quality check's thresholds (JSON), over the manifest's.",
+    )
+    heatmaps: bool = Field(default=True, description="Grad-CAM for referable/borderline results.")
+    borderline_margin: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=1.0,
+        description="A result is borderline within this of the referable threshold.",
+    )
     grading_batch_size: int = Field(
         default=32, ge=1, le=1024, description="Images per model call (fixed shape, padded)."
     )
@@ -79,12 +107,21 @@ class Settings(BaseSettings):
             object.__setattr__(self, "broker_url", f"filesystem://{var / 'broker'}")
         if self.storage_dir is None:
             object.__setattr__(self, "storage_dir", var / "images")
+        if self.model_path is None:
+            path = self.models_dir / self.model_name / "model.keras"
+            object.__setattr__(self, "model_path", path)
         return self
 
     @property
     def visibility_timeout_s(self) -> int:
         """Redis redelivers an unacknowledged task after twice the lease, never mid-claim."""
         return 2 * self.lease_s
+
+    @property
+    def model_file(self) -> Path:
+        """The Keras file workers load (always set after validation)."""
+        assert self.model_path is not None
+        return self.model_path
 
     @property
     def image_store(self) -> Path:

@@ -122,6 +122,12 @@ class ImageStore:
             relatives.append(relative)
         return relatives
 
+    def put(self, data: bytes) -> str:
+        """Store small bytes made here (a heat map) under their hash; returns the relative path."""
+        spool = self.spool()
+        spool.write(data)
+        return self.commit(spool)
+
     def read(self, relative: str) -> bytes:
         """The stored bytes."""
         return self.path_for(relative).read_bytes()

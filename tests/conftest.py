@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from common.apikeys import create_programme
 from common.db import make_engine, make_sessionmaker
+from common.manifest import MANIFEST_NAME
 from common.models import Base
 from common.queue import GRADE_IMAGES_TASK
 from common.schema import upgrade_to_head
@@ -131,6 +133,7 @@ def settings(
         broker_url=REDIS_URL,
         storage_dir=var / "images",
         queue_name=queue_name,
+        explain_queue_name=f"{queue_name}.explain",
         grading_batch_size=8,
         task_size=8,
         batch_wait_ms=0,  # tests grade exactly the ids they name; gathering has its own test
@@ -172,7 +175,8 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
             connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     if "queue_name" in request.fixturenames:
         client = redis.Redis.from_url(REDIS_URL)
-        client.delete(request.getfixturevalue("queue_name"))
+        name = request.getfixturevalue("queue_name")
+        client.delete(name, f"{name}.explain")
         client.close()
 
 
@@ -240,6 +244,21 @@ def bundled_model_path() -> Path:
     path = Path(os.environ.get("RETINAQ_TEST_MODEL_PATH", str(BUNDLED_MODEL)))
     assert path.is_file(), f"no model at {path}; see README (retinaq train)"
     return path
+
+
+@pytest.fixture(scope="session")
+def registry_model(bundled_model_path: Path) -> Callable[..., Path]:
+    """Copy the bundled model into ``registry/name``, its manifest renamed and changed."""
+
+    def make(registry: Path, name: str, **changes: object) -> Path:
+        folder = registry / name
+        folder.mkdir(parents=True)
+        shutil.copy(bundled_model_path, folder / "model.keras")
+        manifest = json.loads((bundled_model_path.parent / MANIFEST_NAME).read_text())
+        (folder / MANIFEST_NAME).write_text(json.dumps({**manifest, "name": name, **changes}))
+        return folder
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """Grading a micro-batch of images: claim, decode, predict, record, all guarded by state.
 
-An image is *claimed* by one guarded UPDATE that moves it to ``processing``, bumps
+Each image first passes the quality check (:mod:`common.quality`): one that fails becomes
+``ungradable`` with its reasons and never reaches the model. An image is *claimed* by one
+guarded UPDATE that moves it to ``processing``, bumps
 ``attempts`` and sets a lease deadline; the attempt number fences the final write, so if
 a task is delivered twice only the latest claim can record a result. A result row and the
 image's move to ``graded`` commit together, and a bad image fails alone. Identical bytes
@@ -22,11 +24,17 @@ from sqlalchemy import Insert, Table, and_, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from common.batch_progress import fail_exhausted, mark_batches_processing, settle_batch
+from common.batch_progress import (
+    fail_exhausted,
+    mark_batches_processing,
+    record_batch_model,
+    settle_batch,
+)
 from common.ids import uuid7
-from common.imaging import ImageDecodeError, normalise, prepare_pixels
-from common.models import Image, ImageState, Result, utcnow
-from common.results import GradeOutcome, interpret_probabilities
+from common.imaging import ImageDecodeError
+from common.models import Batch, Image, ImageState, Result, utcnow
+from common.quality import QualityReport, assess_quality
+from common.results import GradeOutcome, ImageOutcome, interpret_probabilities
 from worker.db_retry import with_db_retry
 
 if TYPE_CHECKING:
@@ -58,6 +66,7 @@ class GradingReport:
 
     claimed: int = 0
     graded: int = 0
+    ungradable: int = 0
     failed: int = 0
     skipped: int = 0
     fenced_out: int = 0
@@ -85,8 +94,11 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
 
     def note_progress() -> None:
         # A transaction of its own: batch row after image rows would invert the API's order.
+        manifest = runtime.model.manifest
         with runtime.sessions.begin() as session:
-            mark_batches_processing(session, {c.batch_id for c in claims})
+            batch_ids = {c.batch_id for c in claims}
+            mark_batches_processing(session, batch_ids)
+            record_batch_model(session, batch_ids, manifest.name, manifest.version, manifest.sha256)
 
     with_db_retry(note_progress, budget_s=settings.db_retry_s)
 
@@ -106,13 +118,19 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     per_image_ms = report.timings_ms["infer"] / max(report.inferred, 1)
 
     clock = time.perf_counter()
-    graded, failed = with_db_retry(
+    recorded = with_db_retry(
         lambda: record_outcomes(runtime, claims, predictions, failures, per_image_ms),
         budget_s=settings.db_retry_s,
     )
-    report.graded, report.failed = graded, failed
-    report.fenced_out = len(claims) - graded - failed
+    report.graded, report.ungradable, report.failed = (
+        recorded.graded,
+        recorded.ungradable,
+        recorded.failed,
+    )
+    report.fenced_out = len(claims) - recorded.graded - recorded.ungradable - recorded.failed
     report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
+    if recorded.to_explain:
+        runtime.request_heatmaps(recorded.to_explain)
     return report
 
 
@@ -201,95 +219,122 @@ def claim_images(
 
 def _known_outcomes(
     runtime: WorkerRuntime, claims: list[Claim]
-) -> dict[tuple[uuid.UUID, str], GradeOutcome]:
+) -> dict[tuple[uuid.UUID, str], ImageOutcome]:
     """Outcomes this model already gave identical bytes of the same programme, copied as
     stored (not re-derived from rounded probabilities) so duplicates always agree."""
     model_sha = runtime.model.manifest.sha256
     pairs = {(c.programme_id, c.sha256) for c in claims}
     with runtime.sessions() as session:
         rows = session.execute(
-            select(
-                Image.programme_id,
-                Image.sha256,
-                Result.grade,
-                Result.grade_name,
-                Result.probabilities,
-                Result.referable,
-                Result.referable_probability,
-                Result.referable_threshold,
-                Result.confidence,
-            )
+            select(Image.programme_id, Image.sha256, Result)
             .join(Result, Result.image_id == Image.id)
             .where(
                 tuple_(Image.programme_id, Image.sha256).in_(pairs),
                 Result.model_sha256 == model_sha,
             )
         ).all()
-    return {
-        (programme_id, sha): GradeOutcome(
-            grade, name, tuple(probs), referable, p_ref, threshold, confidence
+    return {(programme_id, sha): stored_outcome(result) for programme_id, sha, result in rows}
+
+
+def stored_outcome(result: Result) -> ImageOutcome:
+    """The outcome a result row holds."""
+    grade = None
+    if result.gradable:
+        assert result.grade is not None and result.grade_name is not None
+        assert result.probabilities is not None and result.referable is not None
+        grade = GradeOutcome(
+            grade=result.grade,
+            grade_name=result.grade_name,
+            probabilities=tuple(result.probabilities),
+            expected_grade=result.expected_grade or 0.0,
+            referable=result.referable,
+            referable_probability=result.referable_probability or 0.0,
+            referable_threshold=result.referable_threshold,
+            confidence=result.confidence or 0.0,
         )
-        for programme_id, sha, grade, name, probs, referable, p_ref, threshold, confidence in rows
-    }
+    return ImageOutcome(
+        gradable=result.gradable,
+        reasons=tuple(result.ungradable_reasons),
+        quality=dict(result.quality or {}),
+        grade=grade,
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded image: its quality, and the model input when it is gradable."""
+
+    quality: QualityReport
+    pixels: np.ndarray | None
 
 
 def _decode_and_infer(
     runtime: WorkerRuntime,
     claims: list[Claim],
-    outcomes: dict[tuple[uuid.UUID, str], GradeOutcome],
+    outcomes: dict[tuple[uuid.UUID, str], ImageOutcome],
     report: GradingReport,
 ) -> list[tuple[Claim, ImageDecodeError]]:
     """Run the model batch by batch while the decoding threads prepare the next batches.
 
     Every image is handed to the decoder pool at once; this thread, which alone owns the
     model, takes them back a model batch at a time, so decoding batch k+1 overlaps
-    inference on batch k. Outcomes are added to ``outcomes`` by programme and content hash; an image
-    whose output is unusable fails alone.
+    inference on batch k. Outcomes are added to ``outcomes`` by programme and content hash:
+    ungradable straight from the quality check, graded after the model. An image whose
+    output is unusable fails alone.
     """
     batch_size = runtime.model.batch_size
-    preprocessing = runtime.model.manifest.preprocessing
-    futures = [runtime.decoder.submit(_decode_one, runtime, claim) for claim in claims]
+    manifest = runtime.model.manifest
+    futures = [runtime.decoder.submit(prepare_claim, runtime, claim) for claim in claims]
     failures: list[tuple[Claim, ImageDecodeError]] = []
     waited = inferred_ms = 0.0
     for start in range(0, len(claims), batch_size):
         clock = time.perf_counter()
         pixels: list[np.ndarray] = []
-        decoded: list[Claim] = []
+        decoded: list[tuple[Claim, QualityReport]] = []
         for claim, future in zip(
             claims[start : start + batch_size], futures[start : start + batch_size], strict=True
         ):
-            outcome = future.result()
-            if isinstance(outcome, ImageDecodeError):
-                failures.append((claim, outcome))
+            prepared = future.result()
+            if isinstance(prepared, ImageDecodeError):
+                failures.append((claim, prepared))
+            elif prepared.pixels is None:
+                outcomes[claim.content] = _ungradable(prepared.quality)
             else:
-                pixels.append(outcome)
-                decoded.append(claim)
+                pixels.append(prepared.pixels)
+                decoded.append((claim, prepared.quality))
         waited += time.perf_counter() - clock
         if not decoded:
             continue
         clock = time.perf_counter()
-        outputs = runtime.model.predict(normalise(np.stack(pixels), preprocessing))
+        outputs = runtime.model.predict(manifest.preprocessor.normalise(np.stack(pixels)))
         inferred_ms += (time.perf_counter() - clock) * 1000
-        for claim, probs in zip(decoded, outputs, strict=True):
+        for (claim, quality), probs in zip(decoded, outputs, strict=True):
             try:
-                outcomes[claim.content] = interpret_probabilities(probs, runtime.model.manifest)
+                grade = interpret_probabilities(probs, manifest)
             except ValueError as error:
                 failures.append((claim, ImageDecodeError("invalid_model_output", str(error))))
+                continue
+            outcomes[claim.content] = ImageOutcome(True, (), quality.measures, grade)
         report.inferred += len(decoded)
     report.timings_ms["decode_wait"] = waited * 1000
     report.timings_ms["infer"] = inferred_ms
     return failures
 
 
-def _decode_one(runtime: WorkerRuntime, claim: Claim) -> np.ndarray | ImageDecodeError:
-    """Read and preprocess one image on a decoder thread; errors come back as values."""
+def _ungradable(quality: QualityReport) -> ImageOutcome:
+    return ImageOutcome(False, quality.reasons, quality.measures, None)
+
+
+def prepare_claim(runtime: WorkerRuntime, claim: Claim) -> Prepared | ImageDecodeError:
+    """Read, decode, check and preprocess one image on a decoder thread; errors are values."""
+    preprocessor = runtime.model.manifest.preprocessor
     try:
         data = runtime.store.read(claim.storage_path)
-        return prepare_pixels(
-            data,
-            size=runtime.model.manifest.input_size,
-            max_pixels=runtime.settings.max_image_pixels,
-        )
+        image = preprocessor.decode(data, max_pixels=runtime.settings.max_image_pixels)
+        quality = assess_quality(image, runtime.quality_thresholds)
+        if runtime.settings.quality_check and not quality.gradable:
+            return Prepared(quality, None)
+        return Prepared(quality, preprocessor.pixels(image))
     except FileNotFoundError:
         return ImageDecodeError("missing_file", "the stored image file is missing")
     except ImageDecodeError as error:
@@ -301,51 +346,103 @@ def _decode_one(runtime: WorkerRuntime, claim: Claim) -> np.ndarray | ImageDecod
         )
 
 
-def decode_claims(
+def prepare_claims(
     runtime: WorkerRuntime, claims: list[Claim]
-) -> tuple[list[np.ndarray], list[Claim], list[tuple[Claim, ImageDecodeError]]]:
-    """Read and preprocess each claimed image in order (no overlap); for tools and tests."""
-    pixels: list[np.ndarray] = []
-    decoded: list[Claim] = []
+) -> tuple[list[tuple[Claim, Prepared]], list[tuple[Claim, ImageDecodeError]]]:
+    """Prepare each claimed image in order (no overlap); for tools and tests."""
+    prepared: list[tuple[Claim, Prepared]] = []
     failures: list[tuple[Claim, ImageDecodeError]] = []
     for claim in claims:
-        outcome = _decode_one(runtime, claim)
+        outcome = prepare_claim(runtime, claim)
         if isinstance(outcome, ImageDecodeError):
             failures.append((claim, outcome))
         else:
-            pixels.append(outcome)
-            decoded.append(claim)
-    return pixels, decoded, failures
+            prepared.append((claim, outcome))
+    return prepared, failures
+
+
+def infer_prepared(
+    runtime: WorkerRuntime, prepared: list[tuple[Claim, Prepared]]
+) -> list[tuple[Claim, ImageOutcome]]:
+    """Outcomes for prepared images in one go (no overlap); for tools and tests."""
+    manifest = runtime.model.manifest
+    outcomes = {c.image_id: _ungradable(p.quality) for c, p in prepared if p.pixels is None}
+    gradable = [(c, p) for c, p in prepared if p.pixels is not None]
+    if gradable:
+        inputs = manifest.preprocessor.normalise(np.stack([p.pixels for _, p in gradable]))
+        for (claim, p), probs in zip(gradable, runtime.model.predict(inputs), strict=True):
+            grade = interpret_probabilities(probs, manifest)
+            outcomes[claim.image_id] = ImageOutcome(True, (), p.quality.measures, grade)
+    return [(c, outcomes[c.image_id]) for c, _ in prepared]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one write committed, and which graded images now want a heat map."""
+
+    graded: int
+    ungradable: int
+    failed: int
+    to_explain: list[uuid.UUID]
 
 
 def record_outcomes(
     runtime: WorkerRuntime,
     claims: list[Claim],
-    predictions: list[tuple[Claim, GradeOutcome]],
+    predictions: list[tuple[Claim, ImageOutcome]],
     failures: list[tuple[Claim, ImageDecodeError]],
     inference_ms: float,
-) -> tuple[int, int]:
+) -> Recorded:
     """Write results and failures in one transaction, only for claims still ours.
 
-    Returns (graded, failed). Claims superseded by a later delivery write nothing.
+    Claims superseded by a later delivery write nothing.
     """
     with runtime.sessions.begin() as session:
         owned = _still_owned(session, claims)
-        results = [
-            _result_row(runtime, claim, outcome, inference_ms)
-            for claim, outcome in predictions
-            if claim.image_id in owned
-        ]
-        if results:
-            session.execute(_insert_ignoring_duplicates(session, Result.__table__), results)
-            _finish(session, [r["image_id"] for r in results], ImageState.GRADED)
+        ours = [(claim, outcome) for claim, outcome in predictions if claim.image_id in owned]
+        rows = [_result_row(runtime, claim, outcome, inference_ms) for claim, outcome in ours]
+        if rows:
+            session.execute(_insert_ignoring_duplicates(session, Result.__table__), rows)
+        graded = [c.image_id for c, outcome in ours if outcome.gradable]
+        ungradable = [c.image_id for c, outcome in ours if not outcome.gradable]
+        _finish(session, graded, ImageState.GRADED)
+        _finish(session, ungradable, ImageState.UNGRADABLE)
         failed = [(claim, error) for claim, error in failures if claim.image_id in owned]
         for claim, error in failed:
             _finish(session, [claim.image_id], ImageState.FAILED, error)
+        to_explain = _wanting_heatmaps(runtime, session, ours)
     with runtime.sessions.begin() as session:
         for batch_id in sorted({c.batch_id for c in claims}):
             settle_batch(session, batch_id)
-    return len(results), len(failed)
+    return Recorded(len(graded), len(ungradable), len(failed), to_explain)
+
+
+def _wanting_heatmaps(
+    runtime: WorkerRuntime, session: Session, ours: list[tuple[Claim, ImageOutcome]]
+) -> list[uuid.UUID]:
+    """Graded images whose result wants a heat map: referable, borderline, or asked for."""
+    settings = runtime.settings
+    if not settings.heatmaps or not ours:
+        return []
+    explaining = set(
+        session.scalars(
+            select(Batch.id).where(
+                Batch.id.in_({c.batch_id for c, _ in ours}), Batch.explain.is_(True)
+            )
+        )
+    )
+    wanted = []
+    for claim, outcome in ours:
+        grade = outcome.grade
+        if grade is None:
+            continue
+        borderline = (
+            abs(grade.referable_probability - grade.referable_threshold)
+            <= settings.borderline_margin
+        )
+        if claim.batch_id in explaining or grade.referable or borderline:
+            wanted.append(claim.image_id)
+    return wanted
 
 
 def _still_owned(session: Session, claims: list[Claim]) -> set[uuid.UUID]:
@@ -367,6 +464,8 @@ def _finish(
     state: ImageState,
     error: ImageDecodeError | None = None,
 ) -> None:
+    if not image_ids:
+        return
     session.execute(
         update(Image)
         .where(Image.id.in_(image_ids), Image.state == ImageState.PROCESSING)
@@ -382,24 +481,30 @@ def _finish(
 
 
 def _result_row(
-    runtime: WorkerRuntime, claim: Claim, outcome: GradeOutcome, inference_ms: float
+    runtime: WorkerRuntime, claim: Claim, outcome: ImageOutcome, inference_ms: float
 ) -> dict[str, Any]:
     manifest = runtime.model.manifest
+    grade = outcome.grade
     return {
         "id": uuid7(),
         "image_id": claim.image_id,
         "batch_id": claim.batch_id,
-        "grade": outcome.grade,
-        "grade_name": outcome.grade_name,
-        "probabilities": list(outcome.probabilities),
-        "referable": outcome.referable,
-        "referable_probability": outcome.referable_probability,
-        "referable_threshold": outcome.referable_threshold,
-        "confidence": outcome.confidence,
+        "gradable": outcome.gradable,
+        "ungradable_reasons": list(outcome.reasons),
+        "quality": outcome.quality,
+        "grade": grade.grade if grade else None,
+        "grade_name": grade.grade_name if grade else None,
+        "probabilities": list(grade.probabilities) if grade else None,
+        "expected_grade": grade.expected_grade if grade else None,
+        "referable": grade.referable if grade else None,
+        "referable_probability": grade.referable_probability if grade else None,
+        "referable_threshold": manifest.referable_threshold,
+        "confidence": grade.confidence if grade else None,
         "model_name": manifest.name,
         "model_version": manifest.version,
         "model_sha256": manifest.sha256,
-        "inference_ms": round(inference_ms, 3),
+        "preprocessing_version": manifest.preprocessing_version,
+        "inference_ms": round(inference_ms, 3) if grade else 0.0,
         "created_at": utcnow(),
     }
 

@@ -44,6 +44,11 @@ class LoadedModel:
     _model: keras.Model
     _infer: tf.types.experimental.PolymorphicFunction
 
+    @property
+    def keras_model(self) -> keras.Model:
+        """The Keras model itself, for Grad-CAM."""
+        return self._model
+
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities (n, 5) for preprocessed inputs (n, s, s, 3), padded to the batch size."""
         count = len(inputs)

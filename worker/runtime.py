@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
+from celery import Celery
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import engine_from_settings, make_sessionmaker
+from common.quality import QualityThresholds
+from common.queue import make_celery, send_explaining
 from common.schema import assert_schema_at_head
 from common.settings import Settings, get_settings
 from common.storage import ImageStore
 
 if TYPE_CHECKING:
+    from worker.explain import GradCam
     from worker.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,38 @@ class WorkerRuntime:
     decoder: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="decode")
     )
+
+    @cached_property
+    def quality_thresholds(self) -> QualityThresholds:
+        """The check's defaults, under the model's manifest, under the deployment's settings."""
+        return (
+            QualityThresholds()
+            .with_overrides(self.model.manifest.quality_thresholds)
+            .with_overrides(self.settings.quality_thresholds)
+        )
+
+    @cached_property
+    def producer(self) -> Celery:
+        """A Celery app for sending heat-map tasks."""
+        return make_celery(self.settings, name="retinaq-worker-producer")
+
+    @cached_property
+    def gradcam(self) -> GradCam:
+        """Grad-CAM for the held model, built on the first heat map this process makes."""
+        from worker.explain import GradCam
+
+        return GradCam(self.model.keras_model, self.model.batch_size)
+
+    def request_heatmaps(self, image_ids: list[uuid.UUID]) -> None:
+        """Queue heat maps for these graded images; grading never waits for them.
+
+        A heat map is an aid to the grader, not part of the result: a broker that cannot
+        take the task is logged and the grading stands.
+        """
+        try:
+            send_explaining(self.producer, self.settings, image_ids)
+        except Exception:
+            log.exception("could not queue heat maps for %d image(s)", len(image_ids))
 
 
 _lock = threading.Lock()
@@ -60,14 +98,16 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     devices = configure_devices()
     log.info("devices: %s", ", ".join(devices))
     model = load_model(
-        settings.model_path,
+        settings.model_file,
         settings.grading_batch_size,
         xla=settings.xla,
         mixed_precision=settings.mixed_precision,
     )
     store = ImageStore(settings.image_store)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-    return WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)
+    runtime = WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)
+    log.info("quality thresholds: %s", runtime.quality_thresholds.as_dict())  # fail fast
+    return runtime
 
 
 def get_runtime() -> WorkerRuntime:

@@ -1,4 +1,5 @@
-"""Celery tasks: thin like views, ids in, work delegated to :mod:`worker.grading`."""
+"""Celery tasks: thin like views, ids in, work delegated to :mod:`worker.grading` and
+:mod:`worker.explaining`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 
 from celery.exceptions import Reject
 
-from common.queue import GRADE_IMAGES_TASK
+from common.queue import EXPLAIN_IMAGES_TASK, GRADE_IMAGES_TASK
 from worker.celery_app import app
 from worker.db_retry import DatabaseUnavailable
 
@@ -30,12 +31,32 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
         log.error("database unavailable; returning %d image id(s) to the queue", len(image_ids))
         raise Reject(str(error), requeue=True) from error
     log.info(
-        "graded=%d failed=%d skipped=%d fenced_out=%d inferred=%d timings_ms=%s",
+        "graded=%d ungradable=%d failed=%d skipped=%d fenced_out=%d inferred=%d timings_ms=%s",
         report.graded,
+        report.ungradable,
         report.failed,
         report.skipped,
         report.fenced_out,
         report.inferred,
         {k: round(v, 1) for k, v in report.timings_ms.items()},
     )
-    return {"graded": report.graded, "failed": report.failed, "skipped": report.skipped}
+    return {
+        "graded": report.graded,
+        "ungradable": report.ungradable,
+        "failed": report.failed,
+        "skipped": report.skipped,
+    }
+
+
+@app.task(name=EXPLAIN_IMAGES_TASK, ignore_result=True)
+def explain_images_task(image_ids: list[str]) -> int:
+    """Make the heat maps these graded images still lack; repeated delivery is harmless."""
+    from worker.explaining import explain_images
+    from worker.runtime import get_runtime
+
+    try:
+        made = explain_images(get_runtime(), [uuid.UUID(i) for i in image_ids])
+    except DatabaseUnavailable as error:
+        raise Reject(str(error), requeue=True) from error
+    log.info("heat maps made=%d of %d image(s)", made, len(image_ids))
+    return made

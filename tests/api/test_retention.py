@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
@@ -18,13 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
 from common.ids import uuid7
-from common.imaging import normalise
 from common.models import AuditEvent, Batch, Image, ImageState, Result, utcnow
-from common.results import interpret_probabilities
 from common.retention import purge_batch
 from common.settings import Settings
 from common.storage import ImageStore
-from worker.grading import claim_images, decode_claims, grade_images, record_outcomes
+from worker.grading import (
+    claim_images,
+    grade_images,
+    infer_prepared,
+    prepare_claims,
+    record_outcomes,
+)
 from worker.runtime import WorkerRuntime
 
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]
@@ -135,13 +138,10 @@ def test_delete_fences_out_a_worker_that_already_claimed_the_image(
         )
     assert client.delete(batch["links"]["self"], headers=auth).status_code == 200
 
-    pixels, decoded, failures = decode_claims(runtime, claims)
-    probabilities = runtime.model.predict(
-        normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
-    )
-    outcomes = [interpret_probabilities(p, runtime.model.manifest) for p in probabilities]
-    predictions = list(zip(decoded, outcomes, strict=True))
-    assert record_outcomes(runtime, claims, predictions, failures, 1.0) == (0, 0)
+    prepared, failures = prepare_claims(runtime, claims)
+    predictions = infer_prepared(runtime, prepared)
+    recorded = record_outcomes(runtime, claims, predictions, failures, 1.0)
+    assert (recorded.graded, recorded.failed) == (0, 0)
     assert _count(sessions, Result) == 0
     status = client.get(batch["links"]["self"], headers=auth).get_json()
     assert (status["state"], status["counts"]["cancelled"]) == ("cancelled", 1)

@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "synth",
     "train",
     "bench",
+    "quality-eval",
 )
 
 

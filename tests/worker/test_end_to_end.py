@@ -46,6 +46,7 @@ def live_stack(
         "RETINAQ_BROKER_URL": redis_url,
         "RETINAQ_STORAGE_DIR": str(var / "images"),
         "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
         "RETINAQ_MODEL_PATH": str(bundled_model_path),
         "RETINAQ_GRADING_BATCH_SIZE": "8",
         "RETINAQ_TASK_SIZE": "8",
@@ -129,6 +130,35 @@ def test_http_submission_is_graded_by_the_worker_with_the_bundled_model(
     assert [r["filename"] for r in rows] == [f"eye{i:02d}.jpg" for i in range(20)]
     assert {r["model"]["sha256"] for r in rows} == {manifest.sha256}
     assert all(r["state"] == "graded" for r in rows)
+
+
+def test_a_batch_that_asks_for_explanations_gets_heat_maps_from_the_worker(
+    live_stack: str,
+    make_programme: Callable[[str], dict[str, str]],
+    fundus_jpeg: Callable[..., bytes],
+) -> None:
+    headers = make_programme("Explained")
+    files = [
+        ("images", (f"eye{g}.jpg", fundus_jpeg(grade=g, seed=300 + g), "image/jpeg"))
+        for g in (0, 4)
+    ]
+    with httpx.Client(base_url=live_stack, headers=headers, timeout=60) as http:
+        response = http.post("/v1/batches", files=files, data={"explain": "true"})
+        assert response.status_code == 202, response.text
+        status = _wait_finished(http, response.headers["Location"])
+        assert status["explain"] is True and status["model"]["name"]
+        deadline = time.monotonic() + 120
+        while True:
+            rows = http.get(status["links"]["results"]).json()["items"]
+            if all(r["links"]["heatmap"] for r in rows):
+                break
+            assert time.monotonic() < deadline, "heat maps were not made"
+            time.sleep(0.5)
+        for row in rows:
+            heatmap = http.get(row["links"]["heatmap"])
+            assert heatmap.status_code == 200
+            assert heatmap.headers["content-type"] == "image/png"
+            assert heatmap.content.startswith(b"\x89PNG")
 
 
 def test_cli_submit_waits_and_writes_the_csv(

@@ -14,12 +14,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.imaging import normalise
 from common.manifest import read_manifest
 from common.models import Batch, BatchState, Image, ImageState, Result, utcnow
-from common.results import interpret_probabilities
 from common.settings import Settings
-from worker.grading import claim_images, decode_claims, grade_images, record_outcomes
+from worker.grading import (
+    claim_images,
+    grade_images,
+    infer_prepared,
+    prepare_claims,
+    record_outcomes,
+)
 from worker.runtime import WorkerRuntime
 
 
@@ -125,15 +129,9 @@ def test_a_superseded_claim_cannot_write(
 
 
 def _predict_and_record(runtime: WorkerRuntime, claims: list) -> tuple[int, int]:
-    pixels, decoded, failures = decode_claims(runtime, claims)
-    inputs = normalise(np.stack(pixels), runtime.model.manifest.preprocessing)
-    outcomes = [
-        interpret_probabilities(probs, runtime.model.manifest)
-        for probs in runtime.model.predict(inputs)
-    ]
-    return record_outcomes(
-        runtime, claims, list(zip(decoded, outcomes, strict=True)), failures, 1.0
-    )
+    prepared, failures = prepare_claims(runtime, claims)
+    recorded = record_outcomes(runtime, claims, infer_prepared(runtime, prepared), failures, 1.0)
+    return recorded.graded, recorded.failed
 
 
 def test_missing_file_and_exhausted_attempts_fail_with_reasons(
@@ -194,7 +192,11 @@ def test_unusual_but_valid_formats_are_graded(
         encoded.append((buffer.getvalue(), f"{mode}.{fmt.lower()}"))
     _, ids = submit(encoded)
     report = grade_images(runtime, ids)
-    assert (report.graded, report.failed) == (4, 0)
+    # A grey picture decodes, but a colour model cannot grade it: recapture in colour.
+    assert (report.graded, report.ungradable, report.failed) == (3, 1, 0)
+    with runtime.sessions() as session:
+        grey = session.scalars(select(Result).where(Result.image_id == ids[1])).one()
+    assert (grey.gradable, grey.ungradable_reasons, grey.grade) == (False, ["not_fundus"], None)
 
 
 def test_identical_bytes_are_graded_once_and_every_entry_answered(

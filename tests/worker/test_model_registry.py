@@ -1,0 +1,62 @@
+"""Switching models is a setting: each batch records the model that graded it."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.models import Image, Result
+from common.settings import Settings
+from worker.grading import grade_images
+from worker.model import load_model
+from worker.runtime import WorkerRuntime
+
+
+def _submit(client: FlaskClient, auth: dict[str, str], images: list[bytes]) -> dict:
+    files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(images)]
+    return client.post("/v1/batches", headers=auth, data={"images": files}).get_json()
+
+
+def test_changing_the_served_model_between_batches_needs_no_code_change(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    runtime: WorkerRuntime,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    registry_model: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    first = _submit(client, auth, [fundus_jpeg(grade=1, seed=s) for s in (1, 2)])
+    with sessions() as session:
+        ids = session.scalars(select(Image.id).where(Image.batch_id == uuid.UUID(first["id"])))
+        grade_images(runtime, list(ids))
+
+    registry = tmp_path / "models"
+    registry_model(registry, "screening-v2", version="2.0.0")
+    fields = settings.model_dump(exclude={"model_path"})
+    switched = Settings(**{**fields, "models_dir": registry, "model_name": "screening-v2"})
+    assert switched.model_file == registry / "screening-v2" / "model.keras"
+    model = load_model(switched.model_file, batch_size=8)
+    second_worker = WorkerRuntime(switched, sessions, runtime.store, model)
+    second = _submit(client, auth, [fundus_jpeg(grade=3, seed=s) for s in (3, 4)])
+    with sessions() as session:
+        ids = session.scalars(select(Image.id).where(Image.batch_id == uuid.UUID(second["id"])))
+        grade_images(second_worker, list(ids))
+
+    one = client.get(first["links"]["self"], headers=auth).get_json()["model"]
+    two = client.get(second["links"]["self"], headers=auth).get_json()["model"]
+    assert (one["name"], one["version"]) == (runtime.model.manifest.name, "1.0.0")
+    assert (two["name"], two["version"]) == ("screening-v2", "2.0.0")
+    with sessions() as session:
+        names = session.execute(select(Result.batch_id, Result.model_name)).all()
+    assert {(str(b), n) for b, n in names} == {
+        (first["id"], runtime.model.manifest.name),
+        (second["id"], "screening-v2"),
+    }
