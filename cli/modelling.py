@@ -11,7 +11,24 @@ from pathlib import Path
 
 import click
 
+from common.datasets import DATASETS, DatasetError, open_dataset
+from common.manifest import HEADS
 from common.synth import FORMATS, LABELS_NAME, write_dataset
+
+# Kept in step with worker.training.ARCHITECTURES, which cannot be imported here without
+# loading TensorFlow; a test checks the two agree.
+ARCHITECTURES = (
+    "small",
+    "mobilenetv2",
+    "efficientnetb0",
+    "resnet50",
+    "inceptionv3",
+    "xception",
+    "vgg16",
+)
+SMALL_INPUT_SIZE = 128
+PER_GRADE = 500
+SYNTH_SIZE = 512  # side of each generated photograph before preparation
 
 
 @click.command("synth")
@@ -38,6 +55,24 @@ def synth(out_dir: Path, per_grade: int, size: int, seed: int, fmt: str) -> None
     )
 
 
+class WeightsPath(click.ParamType):
+    """``none``, or the path of an existing weights file."""
+
+    name = "PATH|none"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path | None:
+        if value is None or isinstance(value, Path):
+            return value
+        if str(value).lower() == "none":
+            return None
+        path = Path(str(value))
+        if not path.is_file():
+            self.fail(f"weights file {str(path)!r} does not exist", param, ctx)
+        return path
+
+
 @click.command("train")
 @click.argument(
     "data_dir",
@@ -47,69 +82,150 @@ def synth(out_dir: Path, per_grade: int, size: int, seed: int, fmt: str) -> None
 @click.option(
     "--data",
     "source",
-    type=click.Choice(["synthetic", "folder"]),
+    type=click.Choice(DATASETS),
     default="synthetic",
     show_default=True,
-    help="Generate synthetic images, or read DATA_DIR/<grade>/<image>.",
+    help="Synthetic images, or DATA_DIR as APTOS 2019 (train.csv, train_images/), "
+    "EyePACS (trainLabels.csv, train/) or a <grade>/<image> folder.",
 )
 @click.option(
     "--out",
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for model.keras and manifest.json.",
+    help="Folder for model.keras, manifest.json and checkpoints/.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHITECTURES),
+    default="small",
+    show_default=True,
+    help="Our small CNN, or a Keras backbone at its standard input size.",
+)
+@click.option(
+    "--head",
+    type=click.Choice(HEADS),
+    default="softmax",
+    show_default=True,
+    help="Softmax over the grades, or one regression score with learned grade thresholds.",
+)
+@click.option(
+    "--weights",
+    type=WeightsPath(),
+    default=None,
+    metavar="PATH|none",
+    help="Backbone weights without top (.h5 / .weights.h5), or none.  [default: none]",
+)
+@click.option(
+    "--ben-graham/--no-ben-graham",
+    default=False,
+    show_default=True,
+    help="Ben Graham local-colour normalisation, in training and in serving alike.",
+)
+@click.option(
+    "--balance",
+    type=click.Choice(["weights", "sampling"]),
+    default="weights",
+    show_default=True,
+    help="Class-weighted loss, or batches drawing every grade equally often.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--input-size", type=click.IntRange(32, 1024), default=128, show_default=True)
+@click.option(
+    "--input-size",
+    type=click.IntRange(32, 1024),
+    default=None,
+    help=f"Side of the small CNN's input.  [default: {SMALL_INPUT_SIZE}]",
+)
 @click.option(
     "--per-grade",
     type=click.IntRange(min=2),
-    default=500,
-    show_default=True,
-    help="Synthetic images per grade.",
+    default=None,
+    help=f"Synthetic images per grade.  [default: {PER_GRADE}]",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Adam's rate.  [default: 2e-3 for small, 1e-4 for a backbone]",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--name", default="retinaq-small", show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads decoding images and augmenting batches.  [default: by CPU count]",
+)
+@click.option("--name", default=None, help="Model name.  [default: retinaq-<arch>[-regression]]")
 @click.option("--version", "model_version", default="1.0.0", show_default=True)
 def train(
     data_dir: Path | None,
     source: str,
     out_dir: Path,
+    arch: str,
+    head: str,
+    weights: Path | None,
+    ben_graham: bool,
+    balance: str,
     epochs: int,
-    input_size: int,
-    per_grade: int,
+    input_size: int | None,
+    per_grade: int | None,
     batch_size: int,
+    learning_rate: float | None,
     seed: int,
-    name: str,
+    workers: int | None,
+    name: str | None,
     model_version: str,
 ) -> None:
-    """Train the small grading CNN; write model.keras and its manifest."""
-    if source == "folder" and data_dir is None:
-        raise click.UsageError("--data folder needs DATA_DIR (holding <grade>/<image> folders)")
+    """Train a grading model; write model.keras, its manifest and checkpoints."""
+    if source != "synthetic" and data_dir is None:
+        raise click.UsageError(f"--data {source} needs DATA_DIR")
     if source == "synthetic" and data_dir is not None:
-        raise click.UsageError("DATA_DIR is only read with --data folder")
+        raise click.UsageError("DATA_DIR is read with --data aptos, eyepacs or folder")
+    if per_grade is not None and source != "synthetic":
+        raise click.UsageError("--per-grade sets the number of synthetic images")
+    if input_size is not None and arch != "small":
+        raise click.UsageError(
+            f"--arch {arch} takes its standard input size; --input-size is small's"
+        )
+    if weights is not None and arch == "small":
+        raise click.UsageError("--weights loads into a backbone; the small CNN starts from random")
+    try:  # before TensorFlow loads, so a broken layout fails at once
+        images = open_dataset(
+            source, data_dir, per_grade=per_grade or PER_GRADE, size=SYNTH_SIZE, seed=seed
+        )
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(images.description)
 
-    from worker.training import TrainConfig
+    from worker.training import TrainConfig, TrainingError
     from worker.training import train as run_training
 
+    suffix = "-regression" if head == "regression" else ""
     config = TrainConfig(
         out_dir=out_dir,
-        name=name,
+        name=name or f"retinaq-{arch}{suffix}",
         version=model_version,
-        data_dir=data_dir,
-        per_grade=per_grade,
-        input_size=input_size,
+        arch=arch,
+        head=head,
+        weights=weights,
+        ben_graham=ben_graham,
+        balance=balance,
+        input_size=input_size or SMALL_INPUT_SIZE,
         epochs=epochs,
         batch_size=batch_size,
+        learning_rate=learning_rate,
         seed=seed,
+        workers=workers,
     )
     started = time.perf_counter()
     try:
-        manifest = run_training(config, progress=click.echo)
-    except ValueError as exc:  # no images, or too few to hold some out
+        manifest = run_training(config, images, progress=click.echo)
+    except (DatasetError, TrainingError) as exc:  # nothing decodable, too few, bad weights
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out_dir / 'model.keras'} ({manifest.name} {manifest.version}, "
-        f"sha256 {manifest.sha256[:12]}) in {time.perf_counter() - started:.0f} s"
+        f"{manifest.architecture} {manifest.head} head, {manifest.input_size} px "
+        f"{manifest.preprocessing}, sha256 {manifest.sha256[:12]}) "
+        f"in {time.perf_counter() - started:.0f} s"
     )

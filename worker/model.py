@@ -20,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import worker.layers  # noqa: E402, F401  (registers the custom layers our .keras files use)
 from common.manifest import ModelManifest, load_verified_manifest  # noqa: E402
 
 log = logging.getLogger(__name__)

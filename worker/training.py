@@ -1,8 +1,10 @@
-"""Train the small grading CNN and write ``model.keras`` with its manifest.
+"""Train a grading model (our small CNN or a standard backbone) and write it with its manifest.
 
 The only training module that imports TensorFlow. Every image goes through
-:class:`common.preprocessing.FundusPreprocessing`, exactly as the
-worker will feed it, so what the held-out metrics measure is what serving will see.
+:class:`common.preprocessing.FundusPreprocessing`, exactly as the worker will feed it, so
+what the held-out metrics measure is what serving will see. Images are prepared once at
+the model's input size (:func:`common.datasets.prepare_images`); each batch is then
+augmented on those uint8 pixels and normalised.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,80 +26,35 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import metrics  # noqa: E402
-from common.imaging import ImageDecodeError  # noqa: E402
+from common.datasets import (  # noqa: E402
+    IN_MEMORY_LIMIT,
+    LabelledImages,
+    augment,
+    class_weights,
+    prepare_images,
+    stratified_split,
+)
 from common.manifest import (  # noqa: E402
     GRADE_NAMES,
+    HEADS,
     REFERABLE_MIN_GRADE,
     ModelManifest,
     file_sha256,
     write_manifest,
 )
-from common.preprocessing import FundusPreprocessing, normalise  # noqa: E402
-from common.synth import encode_image, iter_dataset  # noqa: E402
+from common.preprocessing import FundusPreprocessing  # noqa: E402
+from worker.layers import OrdinalThresholds  # noqa: E402  (also registers it for loading)
 
 MODEL_NAME = "model.keras"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+CHECKPOINT_DIR = "checkpoints"
+PIXEL_CACHE = Path("cache") / "pixels.npy"
 MAX_IMAGE_PIXELS = 120_000_000
 N_GRADES = len(GRADE_NAMES)
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run; equal configs give equal models."""
-
-    out_dir: Path
-    name: str = "retinaq-small"
-    version: str = "1.0.0"
-    data_dir: Path | None = None  # a <grade>/<image> folder; None trains on synthetic images
-    per_grade: int = 400  # synthetic images generated per grade
-    synth_size: int = 512  # side of each generated image before preparation
-    input_size: int = 128
-    preprocessing: str = "rescale"
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    val_fraction: float = 0.2
-    patience: int = 6
-    referable_threshold: float = 0.5
-    seed: int = 0
-
-    @property
-    def preprocessor(self) -> FundusPreprocessing:
-        """The preprocessing the model is trained with and its manifest will name."""
-        return FundusPreprocessing(self.input_size, self.preprocessing)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError("val_fraction must lie strictly between 0 and 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.per_grade < 1:
-            raise ValueError("epochs, batch_size and per_grade must be positive")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Prepared uint8 images, their grades, and a sentence saying where they came from."""
-
-    pixels: np.ndarray  # N x S x S x 3, uint8, as FundusPreprocessing.prepare returns them
-    grades: np.ndarray  # N, int64
-    description: str
-
-
-def build_model(input_size: int, seed: int = 0) -> keras.Model:
-    """The "small" architecture: five conv/BN/ReLU/pool blocks, GAP, dropout, softmax."""
-    inputs = keras.Input(shape=(input_size, input_size, 3), name="fundus")
-    x = inputs
-    for filters in (16, 32, 48, 64, 96):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3, seed=seed)(x)
-    outputs = keras.layers.Dense(N_GRADES, activation="softmax", name="grade")(x)
-    return keras.Model(inputs, outputs, name="retinaq_small")
-
+BALANCES = ("weights", "sampling")
+WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras")
+# Our CNN learns from scratch; a pretrained backbone is fine-tuned, gently.
+SMALL_LEARNING_RATE = 2e-3
+BACKBONE_LEARNING_RATE = 1e-4
 
 # Standard backbones at their standard input size with the matching preprocessing mode.
 BACKBONES: dict[str, tuple[str, int, str]] = {
@@ -107,23 +65,181 @@ BACKBONES: dict[str, tuple[str, int, str]] = {
     "xception": ("Xception", 299, "tf"),
     "vgg16": ("VGG16", 224, "caffe"),
 }
+ARCHITECTURES = ("small", *BACKBONES)
+IMAGENET_STD = (0.229, 0.224, 0.225)  # RGB, as keras.applications.efficientnet has it
+
+Progress = Callable[[str], None]
 
 
-def build_backbone(arch: str, seed: int = 0) -> tuple[keras.Model, int, str]:
-    """A Keras application with random weights and a five-grade head: (model, size, mode).
+class TrainingError(ValueError):
+    """A run that cannot go ahead as configured; the message says why."""
 
-    ImageNet weights cannot be downloaded here; random weights give the realistic compute
-    per image that benchmarks need.
+
+class WeightsError(TrainingError):
+    """A ``--weights`` file that is missing or does not fit the backbone."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run besides the images; equal configs, equal models."""
+
+    out_dir: Path
+    name: str = "retinaq-small"
+    version: str = "1.0.0"
+    arch: str = "small"
+    head: str = "softmax"
+    weights: Path | None = None  # a backbone's weights without top; None starts from random
+    ben_graham: bool = False
+    balance: str = "weights"  # class-weighted loss, or grade-balanced sampling of batches
+    input_size: int = 128  # the small CNN's; a backbone takes its standard size
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float | None = None  # None: SMALL_ or BACKBONE_LEARNING_RATE
+    val_fraction: float = 0.2
+    patience: int = 6
+    referable_threshold: float = 0.5
+    seed: int = 0
+    workers: int | None = None  # decoding and augmenting threads; None lets Python choose
+    in_memory_limit: int = IN_MEMORY_LIMIT  # bytes of prepared pixels held in RAM
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, not {self.arch!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance must be one of {BALANCES}, not {self.balance!r}")
+        if self.arch == "small" and self.weights is not None:
+            raise ValueError("weights load into a backbone; the small CNN starts from random")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError("val_fraction must lie strictly between 0 and 1")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+
+    @property
+    def preprocessor(self) -> FundusPreprocessing:
+        """The preprocessing the model is trained with and its manifest will name."""
+        if self.arch == "small":
+            return FundusPreprocessing(self.input_size, "rescale", self.ben_graham)
+        _, size, mode = BACKBONES[self.arch]
+        return FundusPreprocessing(size, mode, self.ben_graham)
+
+    @property
+    def optimiser_rate(self) -> float:
+        """The learning rate asked for, or the default for the architecture."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return SMALL_LEARNING_RATE if self.arch == "small" else BACKBONE_LEARNING_RATE
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def grade_head(features: Any, head: str = "softmax", seed: int = 0) -> Any:
+    """Pooling, dropout, then a softmax over the grades or an ordinal regression score.
+
+    Both give five grade probabilities (the output is named ``grades``), so the worker and
+    every result downstream treat the two alike.
+    """
+    x = keras.layers.GlobalAveragePooling2D(name="grade_pool")(features)
+    x = keras.layers.Dropout(0.3, seed=seed, name="grade_dropout")(x)
+    if head == "softmax":
+        return keras.layers.Dense(N_GRADES, activation="softmax", name="grades")(x)
+    if head != "regression":
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    # No bias: the first cut-point already places the score, and two free offsets would
+    # only trade places with each other.
+    score = keras.layers.Dense(1, use_bias=False, name="score")(x)
+    return OrdinalThresholds(N_GRADES, name="grades")(score)
+
+
+def build_model(input_size: int, seed: int = 0, head: str = "softmax") -> keras.Model:
+    """The "small" architecture: five conv/BN/ReLU/pool blocks, then :func:`grade_head`."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="fundus")
+    x = inputs
+    for filters in (16, 32, 48, 64, 96):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D()(x)
+    return keras.Model(inputs, grade_head(x, head, seed), name="retinaq_small")
+
+
+def _check_weights_file(path: Path) -> None:
+    """Refuse a weights file that cannot be one before building a large backbone for it."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        raise WeightsError(f"weights file {path} must be a .h5, .weights.h5 or .keras file")
+
+
+def _load_base_weights(base: keras.Model, path: Path) -> None:
+    """Load a backbone's weights (without top) from a local file, or raise WeightsError."""
+    try:
+        with warnings.catch_warnings():
+            # Keras warns, and carries on, when it skips layers it found no weights for:
+            # a half-loaded backbone is the wrong file, not a warning.
+            warnings.simplefilter("error")
+            base.load_weights(path)
+    except (ValueError, OSError, KeyError, TypeError, UserWarning) as exc:
+        raise WeightsError(
+            f"{path} does not hold weights for {base.name} without its top "
+            f"(include_top=False): {exc}"
+        ) from exc
+
+
+def _match_imagenet_stem(base: keras.Model) -> None:
+    """Fold in the stem scaling Keras adds to EfficientNet only for ``weights="imagenet"``.
+
+    With ImageNet weights Keras follows its Normalization layer with a division by
+    sqrt(ImageNet std) per channel, the scaling the original weights were trained with
+    (keras.applications.efficientnet, tensorflow#49930). Weights loaded from a file get the
+    graph without it; scaling the layer's variance by the std gives the same outputs.
+    """
+    stem = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
+    stem.adapt_variance.assign(stem.adapt_variance * np.asarray(IMAGENET_STD, np.float32))
+    stem.finalize_state()
+
+
+def build_backbone(
+    arch: str, seed: int = 0, *, head: str = "softmax", weights: Path | None = None
+) -> tuple[keras.Model, int, str]:
+    """A Keras application without top plus :func:`grade_head`: (model, size, mode).
+
+    ImageNet weights cannot be downloaded here: ``weights`` is a local file of the backbone
+    without its top (Keras's ``*_no_top.h5``, or a ``.weights.h5``); None keeps the random
+    initial weights, which still give the realistic compute per image benchmarks need.
     """
     application, size, mode = BACKBONES[arch]
+    if weights is not None:
+        _check_weights_file(weights)
     keras.utils.set_random_seed(seed)
     base = getattr(keras.applications, application)(
         include_top=False, weights=None, input_shape=(size, size, 3)
     )
-    features = keras.layers.GlobalAveragePooling2D()(base.output)
-    features = keras.layers.Dropout(0.3)(features)
-    outputs = keras.layers.Dense(N_GRADES, activation="softmax", name="grades")(features)
-    return keras.Model(base.input, outputs, name=f"{arch}-random"), size, mode
+    if weights is not None:
+        _load_base_weights(base, weights)
+        if arch == "efficientnetb0":
+            _match_imagenet_stem(base)
+    name = f"{arch}-{head}" if weights is not None else f"{arch}-random"
+    return keras.Model(base.input, grade_head(base.output, head, seed), name=name), size, mode
+
+
+def build_network(config: TrainConfig) -> keras.Model:
+    """The model a config asks for, weights loaded, not yet compiled."""
+    if config.arch == "small":
+        return build_model(config.input_size, config.seed, config.head)
+    model, _, _ = build_backbone(config.arch, config.seed, head=config.head, weights=config.weights)
+    return model
+
+
+def ordinal_thresholds(model: keras.Model) -> list[float] | None:
+    """The learned cut-points of a regression head, or None for a softmax head."""
+    layer = model.get_layer("grades")
+    if not isinstance(layer, OrdinalThresholds):
+        return None
+    return [float(t) for t in keras.ops.convert_to_numpy(layer.thresholds())]
 
 
 def save_with_manifest(
@@ -138,118 +254,90 @@ def save_with_manifest(
     return manifest
 
 
-def synthetic_dataset(config: TrainConfig, progress: Progress) -> Dataset:
-    """Generate, JPEG-encode and prepare ``per_grade`` synthetic images of each grade."""
-    pixels, grades = [], []
-    started = time.perf_counter()
-    for _, grade, image in iter_dataset(config.per_grade, size=config.synth_size, seed=config.seed):
-        data = encode_image(image, "jpg")
-        pixels.append(config.preprocessor.prepare(data, max_pixels=MAX_IMAGE_PIXELS))
-        grades.append(grade)
-    progress(f"generated {len(grades)} synthetic images in {time.perf_counter() - started:.1f} s")
-    description = (
-        f"synthetic: common.synth seed {config.seed}, {config.per_grade} JPEG images per grade "
-        f"at {config.synth_size} px ({len(grades)} in all)"
-    )
-    return Dataset(np.stack(pixels), np.asarray(grades, dtype=np.int64), description)
-
-
-def _folder_images(data_dir: Path) -> Iterator[tuple[Path, int]]:
-    """``(path, grade)`` for each image under ``<data_dir>/<grade>/``, in a stable order."""
-    for grade in range(N_GRADES):
-        folder = data_dir / str(grade)
-        if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    yield path, grade
-
-
-def folder_dataset(config: TrainConfig, progress: Progress) -> Dataset:
-    """Prepare every image under ``<data_dir>/<grade>/``, skipping undecodable ones."""
-    assert config.data_dir is not None
-    pixels, grades, skipped = [], [], 0
-    for path, grade in _folder_images(config.data_dir):
-        try:
-            prepared = config.preprocessor.prepare(path.read_bytes(), max_pixels=MAX_IMAGE_PIXELS)
-        except ImageDecodeError as exc:
-            progress(f"skipping {path}: {exc}")
-            skipped += 1
-            continue
-        pixels.append(prepared)
-        grades.append(grade)
-    if not grades:
-        raise ValueError(f"no images found under {config.data_dir}/<grade>/")
-    counts = np.bincount(grades, minlength=N_GRADES).tolist()
-    description = f"folder {config.data_dir.name}: {len(grades)} images, per grade {counts}" + (
-        f", {skipped} undecodable skipped" if skipped else ""
-    )
-    return Dataset(np.stack(pixels), np.asarray(grades, dtype=np.int64), description)
-
-
-def stratified_split(
-    grades: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and held-out indices holding ``val_fraction`` of every grade (at least one)."""
-    rng = np.random.default_rng(seed)
-    train, held_out = [], []
-    for grade in np.unique(grades):
-        members = rng.permutation(np.flatnonzero(grades == grade))
-        n_val = max(1, round(members.size * val_fraction)) if members.size > 1 else 0
-        held_out.append(members[:n_val])
-        train.append(members[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
-
-
-def class_weights(grades: np.ndarray) -> np.ndarray:
-    """Balanced weights ``n / (k * count_c)`` so a rare grade counts as much as a common one."""
-    counts = np.bincount(grades, minlength=N_GRADES).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros(N_GRADES)
-    weights[present] = grades.size / (present.sum() * counts[present])
-    return weights
+# --- data ----------------------------------------------------------------------------------
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, lightly augmented, normalised training batches with class-weighted samples.
+    """Training batches: shuffled (class-weighted) or grade-balanced, augmented, normalised.
 
-    Augmenting uint8 pixels before :func:`normalise` keeps the model's input distribution
-    the one serving produces, whatever the preprocessing mode.
+    Every batch is keyed by (seed, epoch, index), so it is the same however often and in
+    whatever order Keras's worker threads ask for it.
     """
 
     def __init__(
         self,
         pixels: np.ndarray,
+        rows: np.ndarray,
         grades: np.ndarray,
-        weights: np.ndarray,
         config: TrainConfig,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.pixels, self.grades = pixels, grades
-        self.sample_weights = weights[grades].astype(np.float32)
+        super().__init__(**kwargs)
+        self.pixels, self.rows, self.grades = pixels, rows, grades  # rows index pixels
         self.batch_size = config.batch_size
-        self.preprocessing = config.preprocessing
+        self.preprocessor = config.preprocessor
+        self.balanced = config.balance == "sampling"
+        self.sample_weights = class_weights(grades)[grades].astype(np.float32)
+        self.members = [np.flatnonzero(grades == grade) for grade in np.unique(grades)]
         self.seed, self.epoch = config.seed, 0
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(grades.size)
 
     def __len__(self) -> int:
         return math.ceil(self.grades.size / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        # keyed by (epoch, batch), so a batch is the same however often Keras asks for it
+    def _balanced_picks(self, rng: np.random.Generator) -> np.ndarray:
+        """A full batch whose grades are drawn uniformly, each image drawn within its grade."""
+        which = rng.integers(len(self.members), size=self.batch_size)
+        offsets = rng.random(self.batch_size)
+        picks = np.empty(self.batch_size, dtype=np.int64)
+        for k, members in enumerate(self.members):
+            chosen = which == k
+            picks[chosen] = members[(offsets[chosen] * members.size).astype(np.int64)]
+        return picks
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        x = self.pixels[batch].astype(np.float32)
-        flip_lr = rng.random(batch.size) < 0.5
-        flip_ud = rng.random(batch.size) < 0.5
-        x[flip_lr] = x[flip_lr, :, ::-1]
-        x[flip_ud] = x[flip_ud, ::-1]
-        x *= rng.uniform(0.85, 1.15, (batch.size, 1, 1, 1)).astype(np.float32)
-        np.clip(x, 0.0, 255.0, out=x)
-        return normalise(x, self.preprocessing), self.grades[batch], self.sample_weights[batch]
+        if self.balanced:
+            picks = self._balanced_picks(rng)
+        else:
+            picks = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        augmented = augment(
+            self.pixels[self.rows[picks]], rng, ben_graham=self.preprocessor.ben_graham
+        )
+        x = self.preprocessor.normalise(augmented)
+        if self.balanced:
+            return x, self.grades[picks]
+        return x, self.grades[picks], self.sample_weights[picks]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.grades.size)
+
+
+class HeldOutBatches(keras.utils.PyDataset):
+    """Held-out images in order, normalised as serving does, never augmented."""
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        rows: np.ndarray,
+        grades: np.ndarray,
+        preprocessor: FundusPreprocessing,
+        batch_size: int,
+    ) -> None:
+        super().__init__()
+        self.pixels, self.rows, self.grades = pixels, rows, grades
+        self.preprocessor, self.batch_size = preprocessor, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows.size / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        window = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.preprocessor.normalise(self.pixels[self.rows[window]]), self.grades[window]
+
+
+# --- training ------------------------------------------------------------------------------
 
 
 class EpochPrinter(keras.callbacks.Callback):
@@ -300,27 +388,75 @@ def evaluate(
     }
 
 
-def train(config: TrainConfig, progress: Progress = print) -> ModelManifest:
-    """Train, evaluate on the held-out split, and write ``model.keras`` plus its manifest."""
-    keras.utils.set_random_seed(config.seed)
-    data = (
-        synthetic_dataset(config, progress)
-        if config.data_dir is None
-        else folder_dataset(config, progress)
-    )
-    train_idx, val_idx = stratified_split(data.grades, config.val_fraction, config.seed)
-    if val_idx.size == 0 or train_idx.size == 0:
-        raise ValueError("too few images to hold some out for validation")
-    progress(f"{train_idx.size} training and {val_idx.size} held-out images")
-    train_grades, val_grades = data.grades[train_idx], data.grades[val_idx]
-    batches = AugmentedBatches(
-        data.pixels[train_idx], train_grades, class_weights(train_grades), config
-    )
-    val_x = normalise(data.pixels[val_idx], config.preprocessing)
+def _checkpoints(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    """The best epoch so far and the last one, saved as each ends, so an interrupted run
+    keeps its best model: ``out_dir/checkpoints/best.keras`` and ``last.keras``."""
+    folder = config.out_dir / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        keras.callbacks.ModelCheckpoint(
+            folder / "best.keras", monitor="val_loss", save_best_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(folder / "last.keras"),
+    ]
 
-    model = build_model(config.input_size, config.seed)
+
+def train(config: TrainConfig, images: LabelledImages, progress: Progress = print) -> ModelManifest:
+    """Train on ``images``, evaluate on a held-out split, write ``model.keras`` and manifest.
+
+    Prepared pixels beyond ``config.in_memory_limit`` bytes live in a memory-mapped file
+    under ``out_dir/cache/``, removed when the run ends.
+    """
+    keras.utils.set_random_seed(config.seed)
+    if images.missing:
+        shown = ", ".join(images.missing[:5]) + (", …" if len(images.missing) > 5 else "")
+        progress(f"no file for {len(images.missing)} listed images, skipped: {shown}")
+    model = build_network(config)  # a bad weights file fails before any image is decoded
+    preprocessor = config.preprocessor
+    cache = config.out_dir / PIXEL_CACHE
+    try:
+        data = prepare_images(
+            images,
+            preprocessor,
+            max_pixels=MAX_IMAGE_PIXELS,
+            workers=config.workers,
+            cache_path=cache,
+            in_memory_limit=config.in_memory_limit,
+            progress=progress,
+        )
+        return _fit_and_save(config, model, data.pixels, data.grades, data.description, progress)
+    finally:
+        cache.unlink(missing_ok=True)
+        if cache.parent.is_dir() and not any(cache.parent.iterdir()):
+            cache.parent.rmdir()
+
+
+def _batch_workers(config: TrainConfig) -> int:
+    """Threads augmenting batches ahead of the model: Pillow rotates outside the GIL."""
+    return config.workers or min(4, os.cpu_count() or 1)
+
+
+def _fit_and_save(
+    config: TrainConfig,
+    model: keras.Model,
+    pixels: np.ndarray,
+    grades: np.ndarray,
+    description: str,
+    progress: Progress,
+) -> ModelManifest:
+    """Split, fit with checkpoints, evaluate the held-out split, save model and manifest."""
+    preprocessor = config.preprocessor
+    train_idx, val_idx = stratified_split(grades, config.val_fraction, config.seed)
+    if val_idx.size == 0 or train_idx.size == 0:
+        raise TrainingError("too few images to hold some out for validation")
+    progress(f"{train_idx.size} training and {val_idx.size} held-out images")
+    batches = AugmentedBatches(
+        pixels, train_idx, grades[train_idx], config, workers=_batch_workers(config)
+    )
+    held_out = HeldOutBatches(pixels, val_idx, grades[val_idx], preprocessor, config.batch_size)
+
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(config.optimiser_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -328,42 +464,49 @@ def train(config: TrainConfig, progress: Progress = print) -> ModelManifest:
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
     slower = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5
+        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6
     )
     started = time.perf_counter()
     history = model.fit(
         batches,
-        validation_data=(val_x, val_grades),
+        validation_data=held_out,
         epochs=config.epochs,
-        callbacks=[EpochPrinter(config.epochs, progress), stopper, slower],
+        callbacks=[EpochPrinter(config.epochs, progress), stopper, slower, *_checkpoints(config)],
         verbose=0,
     )
     train_seconds = time.perf_counter() - started
 
-    probabilities = model.predict(val_x, batch_size=64, verbose=0)
-    scores = evaluate(probabilities, val_grades, config.referable_threshold)
+    probabilities = model.predict(held_out, verbose=0)
+    scores = evaluate(probabilities, grades[val_idx], config.referable_threshold)
     scores["epochs_trained"] = len(history.history["loss"])
     scores["best_epoch"] = stopper.best_epoch + 1  # whose weights were kept
     scores["train_seconds"] = round(train_seconds, 1)
+    thresholds = ordinal_thresholds(model)
+    if thresholds is not None:
+        scores["ordinal_thresholds"] = [round(t, 4) for t in thresholds]
 
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = config.out_dir / MODEL_NAME
-    model.save(model_path)
-    manifest = ModelManifest(
-        name=config.name,
-        version=config.version,
-        sha256=file_sha256(model_path),
-        input_size=config.input_size,
-        preprocessing=config.preprocessing,
-        referable_threshold=config.referable_threshold,
-        training_data=(
-            f"{data.description}; stratified split seed {config.seed}: "
-            f"{train_idx.size} train, {val_idx.size} held out"
-        ),
-        metrics=scores,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    start = f"weights {config.weights.name}" if config.weights else "random weights"
+    balance = "grade-balanced batches" if config.balance == "sampling" else "class-weighted loss"
+    manifest = save_with_manifest(
+        model,
+        config.out_dir,
+        {
+            "name": config.name,
+            "version": config.version,
+            "input_size": preprocessor.input_size,
+            "preprocessing": preprocessor.normalisation,
+            "ben_graham": preprocessor.ben_graham,
+            "architecture": config.arch,
+            "head": config.head,
+            "referable_threshold": config.referable_threshold,
+            "training_data": (
+                f"{description}; stratified split seed {config.seed}: "
+                f"{train_idx.size} train, {val_idx.size} held out; {balance}; from {start}"
+            ),
+            "metrics": scores,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
     )
-    write_manifest(model_path, manifest)
     progress(
         f"held out: accuracy {scores['accuracy']}, QWK {scores['quadratic_weighted_kappa']}, "
         f"referable sensitivity {scores['referable_sensitivity']}, "

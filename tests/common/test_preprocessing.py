@@ -155,3 +155,15 @@ def test_manifest_refuses_steps_that_disagree_with_its_fields() -> None:
 def test_manifest_refuses_another_preprocessing_version() -> None:
     with pytest.raises(ManifestError, match="preprocessing version '0'"):
         _manifest(preprocessing_version="0")
+
+
+def test_border_mask_keeps_dark_lesions_inside_the_disc() -> None:
+    size = 200
+    yy, xx = np.mgrid[:size, :size]
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[(yy - 100) ** 2 + (xx - 100) ** 2 < 90**2] = (180, 90, 40)
+    pixels[(yy - 80) ** 2 + (xx - 120) ** 2 < 12**2] = (8, 2, 2)  # a dark haemorrhage
+    mask = border_mask(pixels)
+    assert mask[80, 120] and mask[100, 100]
+    out = ben_graham(pixels)
+    assert out[80, 120].max() < 100, "the haemorrhage shows dark, not masked to grey"
