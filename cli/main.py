@@ -9,7 +9,7 @@ import click
 from cli.admin import admin
 from cli.bench import bench
 from cli.demo import demo
-from cli.modelling import synth, train
+from cli.modelling import evaluate, synth, train
 from cli.quality import quality_eval
 from cli.servers import api, db, reconcile, worker
 from cli.submitting import results, status, submit
@@ -34,6 +34,7 @@ for command in (
     reconcile,
     synth,
     train,
+    evaluate,
     bench,
     quality_eval,
 ):

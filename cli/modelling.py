@@ -229,3 +229,105 @@ def train(
         f"{manifest.preprocessing}, sha256 {manifest.sha256[:12]}) "
         f"in {time.perf_counter() - started:.0f} s"
     )
+
+
+@click.command("evaluate")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--data",
+    "source",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="How DATA_DIR is laid out (as for train).  [default: folder with DATA_DIR, "
+    "else synthetic]",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("evaluation"),
+    show_default=True,
+    help="Folder for evaluation.json, roc.png and confusion.png.",
+)
+@click.option(
+    "--target-sensitivity",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Choose the referable threshold reaching this sensitivity on a validation share "
+    "of DATA and write it into the model's manifest.",
+)
+@click.option(
+    "--validation-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of DATA that chooses the threshold; the report covers the rest.",
+)
+@click.option(
+    "--quality/--no-quality",
+    default=True,
+    show_default=True,
+    help="Run the gradability check first, as serving does.",
+)
+@click.option("--per-grade", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
+def evaluate(
+    model: Path,
+    data_dir: Path | None,
+    source: str | None,
+    out_dir: Path,
+    target_sensitivity: float | None,
+    validation_fraction: float,
+    quality: bool,
+    per_grade: int,
+    resamples: int,
+    seed: int,
+) -> None:
+    """Measure MODEL (a model.keras or its folder) on a labelled set: JSON and PNG plots."""
+    model_path = model / "model.keras" if model.is_dir() else model
+    source = source or ("folder" if data_dir is not None else "synthetic")
+    if source == "synthetic" and data_dir is not None:
+        raise click.UsageError("DATA_DIR is read with --data aptos, eyepacs or folder")
+    try:
+        images = open_dataset(source, data_dir, per_grade=per_grade, size=SYNTH_SIZE, seed=seed)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(images.description)
+
+    from common.manifest import ManifestError
+    from worker.evaluation import evaluate_model
+
+    try:
+        report = evaluate_model(
+            model_path,
+            images,
+            out_dir,
+            target_sensitivity=target_sensitivity,
+            validation_fraction=validation_fraction,
+            quality=quality,
+            resamples=resamples,
+            seed=seed,
+            progress=click.echo,
+        )
+    except (ManifestError, ValueError) as exc:  # no positives to choose on, a bad model
+        raise click.ClickException(str(exc)) from exc
+    referable = report["referable"]
+
+    def estimate(entry: dict) -> str:
+        if entry["value"] is None:
+            return "n/a"
+        return f"{entry['value']:.3f} ({entry['low']:.3f}-{entry['high']:.3f})"
+
+    click.echo(
+        f"{report['gradable']} gradable of {report['images']} "
+        f"(ungradable rate {report['ungradable_rate']}); "
+        f"QWK {estimate(report['quadratic_weighted_kappa'])}\n"
+        f"referable at threshold {referable['threshold']}: "
+        f"sensitivity {estimate(referable['sensitivity'])}, "
+        f"specificity {estimate(referable['specificity'])}, AUC {estimate(referable['auc'])}\n"
+        f"wrote {out_dir / 'evaluation.json'}, roc.png, confusion.png"
+    )

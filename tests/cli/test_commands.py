@@ -29,6 +29,7 @@ SUBCOMMANDS = (
     "train",
     "bench",
     "quality-eval",
+    "evaluate",
 )
 
 

@@ -1,0 +1,195 @@
+"""``retinaq evaluate``: a model on a labelled set, through the serving path, measured.
+
+Each image is decoded, quality-checked and preprocessed by the very functions the worker
+uses (:mod:`common.preprocessing`, :mod:`common.quality`) and graded by the worker's own
+:func:`worker.model.load_model`, so the figures describe what serving will do, including
+how many images it would send back for recapture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import plots
+from common.datasets import LabelledImages, stratified_split
+from common.evaluation import choose_operating_point, evaluation_report
+from common.imaging import ImageDecodeError
+from common.manifest import GRADE_NAMES, ModelManifest, write_manifest
+from common.quality import QualityThresholds, assess_quality
+from worker.model import LoadedModel, load_model
+
+Progress = Callable[[str], None]
+MAX_IMAGE_PIXELS = 120_000_000
+BATCH_SIZE = 32
+# A threshold is a probability: keep one chosen at the extremes strictly inside (0, 1).
+THRESHOLD_LIMITS = (1e-4, 1 - 1e-4)
+
+
+@dataclass(frozen=True)
+class Graded:
+    """Every decodable image of the set: grade, gradability, and the model's probabilities."""
+
+    grades: np.ndarray  # (n,)
+    gradable: np.ndarray  # (n,) bool
+    probabilities: np.ndarray  # (n, 5); NaN rows for ungradable images
+    reasons: dict[str, int]
+    undecodable: int
+    seconds: float
+
+
+def grade_set(
+    model: LoadedModel, labelled: LabelledImages, *, quality: bool, progress: Progress
+) -> Graded:
+    """Decode, check and prepare every image in threads; grade the gradable ones in batches."""
+    manifest = model.manifest
+    preprocessor = manifest.preprocessor
+    thresholds = QualityThresholds().with_overrides(manifest.quality_thresholds)
+
+    def load(index: int) -> tuple[np.ndarray | None, tuple[str, ...]] | None:
+        try:
+            image = preprocessor.decode(labelled.images[index].read(), max_pixels=MAX_IMAGE_PIXELS)
+        except (ImageDecodeError, OSError):
+            return None
+        report = assess_quality(image, thresholds)
+        if quality and not report.gradable:
+            return None, report.reasons
+        return preprocessor.pixels(image), ()
+
+    started = time.perf_counter()
+    grades, gradable, pixels, reasons, undecodable = [], [], [], {}, 0
+    with ThreadPoolExecutor() as pool:
+        for index, loaded in enumerate(pool.map(load, range(len(labelled.images)))):
+            if loaded is None:
+                undecodable += 1
+                continue
+            image, why = loaded
+            grades.append(labelled.images[index].grade)
+            gradable.append(image is not None)
+            for reason in why:
+                reasons[reason] = reasons.get(reason, 0) + 1
+            if image is not None:
+                pixels.append(image)
+    progress(f"prepared {len(grades)} images ({undecodable} undecodable)")
+    mask = np.asarray(gradable, dtype=bool)
+    probabilities = np.full((mask.size, len(GRADE_NAMES)), np.nan)
+    if pixels:
+        outputs = [
+            model.predict(preprocessor.normalise(np.stack(pixels[start : start + BATCH_SIZE])))
+            for start in range(0, len(pixels), BATCH_SIZE)
+        ]
+        probabilities[mask] = np.concatenate(outputs)
+    seconds = time.perf_counter() - started
+    progress(f"graded {int(mask.sum())} gradable images in {seconds:.1f} s")
+    return Graded(np.asarray(grades), mask, probabilities, reasons, undecodable, seconds)
+
+
+def evaluate_model(
+    model_path: Path,
+    labelled: LabelledImages,
+    out_dir: Path,
+    *,
+    target_sensitivity: float | None = None,
+    validation_fraction: float = 0.5,
+    quality: bool = True,
+    resamples: int = 2000,
+    seed: int = 0,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """Evaluate, write ``evaluation.json``, ``roc.png`` and ``confusion.png`` into ``out_dir``.
+
+    With ``target_sensitivity`` the referable threshold is chosen on a stratified validation
+    share of the set and written into the model's manifest; the report then covers only the
+    remaining images, at that threshold, so the chosen operating point is not graded on the
+    images that chose it.
+    """
+    model = load_model(model_path, BATCH_SIZE)
+    manifest = model.manifest
+    graded = grade_set(model, labelled, quality=quality, progress=progress)
+    rows = np.arange(graded.grades.size)
+    threshold = manifest.referable_threshold
+    operating_point = None
+    if target_sensitivity is not None:
+        rows, validation = _split(graded, validation_fraction, seed)
+        usable = validation[graded.gradable[validation]]
+        operating_point = choose_operating_point(
+            graded.grades[usable], graded.probabilities[usable], target_sensitivity
+        )
+        low, high = THRESHOLD_LIMITS
+        threshold = round(min(max(operating_point["threshold"], low), high), 6)
+        operating_point = {**operating_point, "threshold": threshold}
+        operating_point["validation_images"] = int(validation.size)
+        progress(
+            f"threshold {threshold:.4f} reaches sensitivity {operating_point['sensitivity']} "
+            f"on {validation.size} validation images"
+        )
+    report = evaluation_report(
+        graded.grades[rows],
+        np.nan_to_num(graded.probabilities[rows]),
+        referable_threshold=threshold,
+        gradable=graded.gradable[rows],
+        resamples=resamples,
+        seed=seed,
+    )
+    report["model"] = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "sha256": manifest.sha256,
+    }
+    report["data"] = labelled.description
+    report["undecodable"] = graded.undecodable
+    report["ungradable_reasons"] = dict(sorted(graded.reasons.items()))
+    report["images_per_s"] = round(graded.grades.size / max(graded.seconds, 1e-9), 2)
+    if operating_point is not None:
+        report["operating_point"] = operating_point
+    _write_outputs(report, out_dir)
+    if operating_point is not None:
+        _record_threshold(model_path, manifest, operating_point)
+        progress(
+            f"wrote referable_threshold {threshold:.4f} into {model_path.parent}/manifest.json"
+        )
+    return report
+
+
+def _split(graded: Graded, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(report rows, validation rows), stratified by grade."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("the validation fraction must lie strictly between 0 and 1")
+    rest, validation = stratified_split(graded.grades, fraction, seed)
+    return rest, validation
+
+
+def _write_outputs(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    plots.confusion_matrix_png(report["confusion_matrix"], GRADE_NAMES, out_dir / "confusion.png")
+    referable = report["referable"]
+    roc = referable["roc"]
+    if roc is not None:
+        sensitivity = referable["sensitivity"]["value"]
+        specificity = referable["specificity"]["value"]
+        point = (1 - specificity, sensitivity) if None not in (sensitivity, specificity) else None
+        auc = referable["auc"]["value"]
+        plots.roc_curve_png(
+            roc["fpr"],
+            roc["tpr"],
+            math.nan if auc is None else auc,
+            out_dir / "roc.png",
+            operating_point=point,
+        )
+
+
+def _record_threshold(
+    model_path: Path, manifest: ModelManifest, operating_point: dict[str, Any]
+) -> None:
+    metrics = {**manifest.metrics, "operating_point": operating_point}
+    updated = replace(manifest, referable_threshold=operating_point["threshold"], metrics=metrics)
+    write_manifest(model_path, updated)
