@@ -14,9 +14,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from common.models import (
     FINISHED_BATCH_STATES,
@@ -106,10 +107,10 @@ def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> Pur
     beforehand (an audit event) commits with the deletion.
     """
     outcome = cancel_batch(session, batch_id)
-    results = session.scalars(
+    results = session.execute(
         delete(Result)
         .where(Result.batch_id == batch_id)
-        .returning(Result.id)
+        .returning(Result.id, Result.heatmap_sha256)
         .execution_options(synchronize_session=False)
     ).all()
     images = session.execute(
@@ -125,7 +126,9 @@ def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> Pur
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    removed, kept = _remove_unreferenced_files(session, store, dict(images))
+    removed, kept = _remove_unreferenced_files(session, store, dict(images), Image.sha256)
+    heatmaps = {sha: store.relative_path(sha) for _, sha in results if sha is not None}
+    removed += _remove_unreferenced_files(session, store, heatmaps, Result.heatmap_sha256)[0]
     return PurgeReport(
         batches_cancelled=int(outcome.batch_cancelled),
         images_cancelled=outcome.images_cancelled,
@@ -154,14 +157,13 @@ def purge_older_than(session: Session, store: ImageStore, cutoff: datetime) -> P
 
 
 def _remove_unreferenced_files(
-    session: Session, store: ImageStore, files: dict[str, str]
+    session: Session, store: ImageStore, files: dict[str, str], column: InstrumentedAttribute[Any]
 ) -> tuple[int, int]:
-    """Remove the files (sha256 → storage path) no image row references; (removed, kept)."""
+    """Remove the files (sha256 → storage path) no row references in ``column`` (an image's
+    hash, a result's heat map); returns (removed, kept)."""
     still_used: set[str] = set()
     for shas in chunked(sorted(files), _SHA_CHUNK):
-        still_used.update(
-            session.scalars(select(Image.sha256).where(Image.sha256.in_(shas)).distinct())
-        )
+        still_used.update(session.scalars(select(column).where(column.in_(shas)).distinct()))
     session.commit()
     removed = 0
     for sha, relative in files.items():
@@ -174,5 +176,5 @@ def _remove_unreferenced_files(
             pass
         except (OSError, ValueError) as error:
             # The rows are already gone; an unremovable file is a leak to report, not a failure.
-            log.warning("could not remove image file %s: %s", relative, error)
+            log.warning("could not remove stored file %s: %s", relative, error)
     return removed, len(still_used)

@@ -21,6 +21,7 @@ from common.models import AuditEvent, Batch, Image, ImageState, Result, utcnow
 from common.retention import purge_batch
 from common.settings import Settings
 from common.storage import ImageStore
+from worker.explaining import explain_images
 from worker.grading import (
     claim_images,
     grade_images,
@@ -219,6 +220,28 @@ def test_purge_deletes_rows_and_bytes_but_keeps_bytes_another_image_shares(
     (audit,) = _deletion_events(sessions)
     assert audit.object_id == batch["id"]
     assert audit.details == {"purge": True, "state": "processing", "image_count": 2}
+
+
+def test_purge_removes_the_heat_maps_of_its_results(
+    client: FlaskClient,
+    auth: dict[str, str],
+    submit: Callable[..., Submitted],
+    runtime: WorkerRuntime,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    batch, ids = submit([(fundus_jpeg(grade=4, seed=3), "referable.jpg")])
+    grade_images(runtime, ids)
+    assert explain_images(runtime, ids) == 1
+    with sessions() as session:
+        sha = session.scalars(select(Result.heatmap_sha256)).one()
+    assert sha is not None
+    heatmap = settings.image_store / ImageStore(settings.image_store).relative_path(sha)
+    assert heatmap.read_bytes().startswith(b"\x89PNG")
+
+    assert client.delete(batch["links"]["self"] + "?purge=true", headers=auth).status_code == 204
+    assert not heatmap.exists()
 
 
 def test_purge_removes_no_file_when_the_deletion_is_rolled_back(
