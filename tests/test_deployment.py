@@ -12,11 +12,19 @@ SERVICES = COMPOSE["services"]
 
 
 def test_all_services_are_present() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker", "reconciler"}
+    assert set(SERVICES) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "api",
+        "worker",
+        "explainer",
+        "reconciler",
+    }
 
 
 def test_services_needing_the_database_wait_for_the_migration() -> None:
-    for name in ("api", "worker", "reconciler"):
+    for name in ("api", "worker", "explainer", "reconciler"):
         env = SERVICES[name]["environment"]
         assert env["RETINAQ_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == (
@@ -35,13 +43,18 @@ def test_worker_reserves_a_gpu_and_can_scale() -> None:
     assert "ports" not in worker
 
 
+def test_heat_maps_run_on_workers_of_their_own() -> None:
+    assert SERVICES["worker"]["command"] == ["retinaq", "worker", "--serve", "grading"]
+    assert SERVICES["explainer"]["command"] == ["retinaq", "worker", "--serve", "heatmaps"]
+
+
 def test_every_long_running_service_has_a_healthcheck() -> None:
-    for name in ("postgres", "redis", "api", "worker"):
+    for name in ("postgres", "redis", "api", "worker", "explainer"):
         assert SERVICES[name]["healthcheck"]["test"], name
 
 
 def test_api_and_worker_share_the_image_store() -> None:
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "explainer"):
         assert "images:/data/images" in SERVICES[name]["volumes"]
         assert SERVICES[name]["environment"]["RETINAQ_STORAGE_DIR"] == "/data/images"
     assert "images" in COMPOSE["volumes"]

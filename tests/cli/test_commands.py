@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.main import cli
 from common.apikeys import programme_for_key
 from common.models import ApiKey
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, Settings
 
 SUBCOMMANDS = (
     "demo",
@@ -128,3 +129,27 @@ def test_db_upgrade_then_status_check(tmp_path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert (tmp_path / "retinaq.sqlite3").is_file()
+
+
+@pytest.mark.parametrize(
+    ("serve", "queues"),
+    [
+        ("all", "retinaq.grading,retinaq.explain"),
+        ("grading", "retinaq.grading"),
+        ("heatmaps", "retinaq.explain"),
+    ],
+)
+def test_worker_consumes_the_queues_its_role_names(
+    monkeypatch: pytest.MonkeyPatch, serve: str, queues: str
+) -> None:
+    from cli import servers
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(servers, "require_schema_at_head", lambda: None)
+    monkeypatch.setattr(servers, "_exec", started.append)
+    monkeypatch.setattr(servers, "get_settings", lambda: Settings())
+    result = CliRunner().invoke(cli, ["worker", "--serve", serve, "--concurrency", "1"])
+    assert result.exit_code == 0, result.output
+    (argv,) = started
+    assert argv[argv.index("--queues") + 1] == queues
+    assert "--pool=solo" in argv and argv[-2:] == ["--concurrency", "1"]
