@@ -1,13 +1,12 @@
 """Grading a micro-batch of images: claim, decode, predict, record, all guarded by state.
 
-Each image first passes the quality check (:mod:`common.quality`): one that fails becomes
-``ungradable`` with its reasons and never reaches the model. An image is *claimed* by one
-guarded UPDATE that moves it to ``processing``, bumps
-``attempts`` and sets a lease deadline; the attempt number fences the final write, so if
-a task is delivered twice only the latest claim can record a result. A result row and the
-image's move to ``graded`` commit together, and a bad image fails alone. Identical bytes
-are graded once: within a task by content hash, and across tasks by reusing the result
-the same model already gave the same programme's identical image.
+An image is *claimed* by one guarded UPDATE that moves it to ``processing``, bumps
+``attempts`` and sets a lease deadline; the attempt number fences the final write
+(:mod:`worker.recording`), so if a task is delivered twice only the latest claim can
+record a result. Each image then passes the quality check (:mod:`common.quality`): one
+that fails becomes ``ungradable`` with its reasons and never reaches the model. A bad
+image fails alone. Identical bytes are graded once: within a task by content hash, and
+across tasks by reusing the result the same model already gave the same programme.
 """
 
 from __future__ import annotations
@@ -17,25 +16,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Insert, Table, and_, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from common.batch_progress import (
-    fail_exhausted,
-    mark_batches_processing,
-    record_batch_model,
-    settle_batch,
-)
-from common.ids import uuid7
+from common.batch_progress import fail_exhausted, mark_batches_processing, record_batch_model
 from common.imaging import ImageDecodeError
-from common.models import Batch, Image, ImageState, Result, utcnow
+from common.models import Image, ImageState, utcnow
 from common.quality import QualityReport, assess_quality
-from common.results import GradeOutcome, ImageOutcome, interpret_probabilities
+from common.results import ImageOutcome, interpret_probabilities
 from worker.db_retry import with_db_retry
+from worker.recording import known_outcomes, record_outcomes
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -102,7 +95,7 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
 
     with_db_retry(note_progress, budget_s=settings.db_retry_s)
 
-    known = with_db_retry(lambda: _known_outcomes(runtime, claims), budget_s=settings.db_retry_s)
+    known = with_db_retry(lambda: known_outcomes(runtime, claims), budget_s=settings.db_retry_s)
     firsts: dict[tuple[uuid.UUID, str], Claim] = {}
     for c in claims:
         if c.content not in known:
@@ -215,49 +208,6 @@ def claim_images(
     claims = [Claim(*row) for row in rows]
     order = {image_id: position for position, image_id in enumerate(ids)}
     return sorted(claims, key=lambda c: order[c.image_id])
-
-
-def _known_outcomes(
-    runtime: WorkerRuntime, claims: list[Claim]
-) -> dict[tuple[uuid.UUID, str], ImageOutcome]:
-    """Outcomes this model already gave identical bytes of the same programme, copied as
-    stored (not re-derived from rounded probabilities) so duplicates always agree."""
-    model_sha = runtime.model.manifest.sha256
-    pairs = {(c.programme_id, c.sha256) for c in claims}
-    with runtime.sessions() as session:
-        rows = session.execute(
-            select(Image.programme_id, Image.sha256, Result)
-            .join(Result, Result.image_id == Image.id)
-            .where(
-                tuple_(Image.programme_id, Image.sha256).in_(pairs),
-                Result.model_sha256 == model_sha,
-            )
-        ).all()
-    return {(programme_id, sha): stored_outcome(result) for programme_id, sha, result in rows}
-
-
-def stored_outcome(result: Result) -> ImageOutcome:
-    """The outcome a result row holds."""
-    grade = None
-    if result.gradable:
-        assert result.grade is not None and result.grade_name is not None
-        assert result.probabilities is not None and result.referable is not None
-        grade = GradeOutcome(
-            grade=result.grade,
-            grade_name=result.grade_name,
-            probabilities=tuple(result.probabilities),
-            expected_grade=result.expected_grade or 0.0,
-            referable=result.referable,
-            referable_probability=result.referable_probability or 0.0,
-            referable_threshold=result.referable_threshold,
-            confidence=result.confidence or 0.0,
-        )
-    return ImageOutcome(
-        gradable=result.gradable,
-        reasons=tuple(result.ungradable_reasons),
-        quality=dict(result.quality or {}),
-        grade=grade,
-    )
 
 
 @dataclass(frozen=True)
@@ -374,143 +324,3 @@ def infer_prepared(
             grade = interpret_probabilities(probs, manifest)
             outcomes[claim.image_id] = ImageOutcome(True, (), p.quality.measures, grade)
     return [(c, outcomes[c.image_id]) for c, _ in prepared]
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What one write committed, and which graded images now want a heat map."""
-
-    graded: int
-    ungradable: int
-    failed: int
-    to_explain: list[uuid.UUID]
-
-
-def record_outcomes(
-    runtime: WorkerRuntime,
-    claims: list[Claim],
-    predictions: list[tuple[Claim, ImageOutcome]],
-    failures: list[tuple[Claim, ImageDecodeError]],
-    inference_ms: float,
-) -> Recorded:
-    """Write results and failures in one transaction, only for claims still ours.
-
-    Claims superseded by a later delivery write nothing.
-    """
-    with runtime.sessions.begin() as session:
-        owned = _still_owned(session, claims)
-        ours = [(claim, outcome) for claim, outcome in predictions if claim.image_id in owned]
-        rows = [_result_row(runtime, claim, outcome, inference_ms) for claim, outcome in ours]
-        if rows:
-            session.execute(_insert_ignoring_duplicates(session, Result.__table__), rows)
-        graded = [c.image_id for c, outcome in ours if outcome.gradable]
-        ungradable = [c.image_id for c, outcome in ours if not outcome.gradable]
-        _finish(session, graded, ImageState.GRADED)
-        _finish(session, ungradable, ImageState.UNGRADABLE)
-        failed = [(claim, error) for claim, error in failures if claim.image_id in owned]
-        for claim, error in failed:
-            _finish(session, [claim.image_id], ImageState.FAILED, error)
-        to_explain = _wanting_heatmaps(runtime, session, ours)
-    with runtime.sessions.begin() as session:
-        for batch_id in sorted({c.batch_id for c in claims}):
-            settle_batch(session, batch_id)
-    return Recorded(len(graded), len(ungradable), len(failed), to_explain)
-
-
-def _wanting_heatmaps(
-    runtime: WorkerRuntime, session: Session, ours: list[tuple[Claim, ImageOutcome]]
-) -> list[uuid.UUID]:
-    """Graded images whose result wants a heat map: referable, borderline, or asked for."""
-    settings = runtime.settings
-    if not settings.heatmaps or not ours:
-        return []
-    explaining = set(
-        session.scalars(
-            select(Batch.id).where(
-                Batch.id.in_({c.batch_id for c, _ in ours}), Batch.explain.is_(True)
-            )
-        )
-    )
-    wanted = []
-    for claim, outcome in ours:
-        grade = outcome.grade
-        if grade is None:
-            continue
-        borderline = (
-            abs(grade.referable_probability - grade.referable_threshold)
-            <= settings.borderline_margin
-        )
-        if claim.batch_id in explaining or grade.referable or borderline:
-            wanted.append(claim.image_id)
-    return wanted
-
-
-def _still_owned(session: Session, claims: list[Claim]) -> set[uuid.UUID]:
-    """Images whose latest claim is still ours, locked until this transaction commits."""
-    rows = session.scalars(
-        select(Image.id)
-        .where(
-            tuple_(Image.id, Image.attempts).in_([(c.image_id, c.attempt) for c in claims]),
-            Image.state == ImageState.PROCESSING,
-        )
-        .with_for_update()
-    )
-    return set(rows)
-
-
-def _finish(
-    session: Session,
-    image_ids: list[uuid.UUID],
-    state: ImageState,
-    error: ImageDecodeError | None = None,
-) -> None:
-    if not image_ids:
-        return
-    session.execute(
-        update(Image)
-        .where(Image.id.in_(image_ids), Image.state == ImageState.PROCESSING)
-        .values(
-            state=state,
-            finished_at=utcnow(),
-            lease_expires_at=None,
-            error_code=error.code if error else None,
-            error_message=error.message if error else None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _result_row(
-    runtime: WorkerRuntime, claim: Claim, outcome: ImageOutcome, inference_ms: float
-) -> dict[str, Any]:
-    manifest = runtime.model.manifest
-    grade = outcome.grade
-    return {
-        "id": uuid7(),
-        "image_id": claim.image_id,
-        "batch_id": claim.batch_id,
-        "gradable": outcome.gradable,
-        "ungradable_reasons": list(outcome.reasons),
-        "quality": outcome.quality,
-        "grade": grade.grade if grade else None,
-        "grade_name": grade.grade_name if grade else None,
-        "probabilities": list(grade.probabilities) if grade else None,
-        "expected_grade": grade.expected_grade if grade else None,
-        "referable": grade.referable if grade else None,
-        "referable_probability": grade.referable_probability if grade else None,
-        "referable_threshold": manifest.referable_threshold,
-        "confidence": grade.confidence if grade else None,
-        "model_name": manifest.name,
-        "model_version": manifest.version,
-        "model_sha256": manifest.sha256,
-        "preprocessing_version": manifest.preprocessing_version,
-        "inference_ms": round(inference_ms, 3) if grade else 0.0,
-        "created_at": utcnow(),
-    }
-
-
-def _insert_ignoring_duplicates(session: Session, table: Table) -> Insert:
-    """INSERT that leaves an existing (image, model) result alone: writes are idempotent."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing(index_elements=["image_id", "model_sha256"])

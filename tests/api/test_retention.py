@@ -27,8 +27,8 @@ from worker.grading import (
     grade_images,
     infer_prepared,
     prepare_claims,
-    record_outcomes,
 )
+from worker.recording import record_outcomes
 from worker.runtime import WorkerRuntime
 
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]
