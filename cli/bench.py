@@ -108,6 +108,7 @@ def prepare_model(arch: str, folder: Path) -> Path:
             "version": "bench",
             "input_size": size,
             "preprocessing": mode,
+            "architecture": arch,
             "training_data": "none: random weights, for benchmarking only",
         },
     )
@@ -115,6 +116,17 @@ def prepare_model(arch: str, folder: Path) -> Path:
 
 
 # --- measurements --------------------------------------------------------------------------
+
+
+def _drop_queues(broker_url: str, names: list[str]) -> None:
+    """The heat-map tasks nobody consumes here, and anything left, go with the run."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        client.delete(*names)
+    finally:
+        client.close()
 
 
 def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dict[str, Any]:
@@ -204,7 +216,17 @@ class Bench:
         return stack.enter_context(
             child_process(
                 "worker",
-                [sys.executable, "-m", "cli", "worker", "--hostname", f"bench-{uuid7()}@%h"],
+                # As in production: heat maps belong to the explainer, never to a grader.
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "worker",
+                    "--serve",
+                    "grading",
+                    "--hostname",
+                    f"bench-{uuid7()}@%h",
+                ],
                 {**self.env, **extra_env},
                 log,
             )
@@ -477,11 +499,14 @@ def bench(
         console.print(f"writing {count} + {naive_n} images of {size} px …")
         files = write_images(work / "images", count * 2 + naive_n, size)
         main, e2e, naive = files[:count], files[count : 2 * count], files[2 * count :]
+        queue = f"retinaq.bench.{uuid.uuid4().hex[:8]}"
+        stack.callback(_drop_queues, broker_url, [queue, f"{queue}.explain"])
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RETINAQ_")},
             "RETINAQ_DATABASE_URL": database_url,
             "RETINAQ_BROKER_URL": broker_url,
-            "RETINAQ_QUEUE_NAME": f"retinaq.bench.{uuid.uuid4().hex[:8]}",
+            "RETINAQ_QUEUE_NAME": queue,
+            "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue}.explain",
             "RETINAQ_STORAGE_DIR": str(work / "store"),
             "RETINAQ_VAR_DIR": str(work),
             "RETINAQ_MODEL_PATH": str(model_path),
