@@ -39,6 +39,8 @@ def get_heatmap(image_id: uuid.UUID) -> Response:
         raise ApiError(404, "no_heatmap", _why_no_heatmap(image, result))
     store = api_state().store
     path = store.path_for(store.relative_path(result.heatmap_sha256))
+    if not path.is_file():  # purged a moment ago with its batch
+        raise ApiError(404, "no_heatmap", "the heat map is no longer stored")
     audit_read("heatmap.read", "image", image.id, {"batch_id": str(image.batch_id), "items": 1})
     response = send_file(path, mimetype="image/png", etag=result.heatmap_sha256, conditional=True)
     response.headers["Cache-Control"] = "private, max-age=86400, immutable"
@@ -52,5 +54,6 @@ def _why_no_heatmap(image: Image, result: Result | None) -> str:
         return "the image is ungradable, so the model never looked at it"
     return (
         "no heat map has been made for this image: they are made for referable and borderline "
-        "results, and for every image of a batch created with explain=true, shortly after grading"
+        "results, and for every image of a batch created with explain=true, by the workers "
+        "that serve heat maps, after grading"
     )

@@ -8,8 +8,9 @@ from flask import Blueprint, Response, jsonify, url_for
 
 from api.errors import not_found
 from api.state import api_state
-from common.manifest import ManifestError
+from common.manifest import ManifestError, read_manifest
 from common.registry import RegisteredModel, available_models, find_model
+from common.settings import Settings
 
 bp = Blueprint("models", __name__)
 
@@ -23,17 +24,21 @@ def _model_body(model: RegisteredModel, serving: str) -> dict[str, Any]:
     }
 
 
+def _serving(settings: Settings) -> str:
+    """The name in the manifest of the file workers load (a model path overrides the name)."""
+    try:
+        return read_manifest(settings.model_file).name
+    except ManifestError:
+        return settings.model_name
+
+
 @bp.get("/models")
 def list_models() -> Response:
     """Every model in the registry with its manifest; ``serving`` marks the workers' model."""
     settings = api_state().settings
+    serving = _serving(settings)
     models = available_models(settings.models_dir)
-    return jsonify(
-        {
-            "serving": settings.model_name,
-            "items": [_model_body(model, settings.model_name) for model in models],
-        }
-    )
+    return jsonify({"serving": serving, "items": [_model_body(m, serving) for m in models]})
 
 
 @bp.get("/models/<name>")
@@ -44,4 +49,4 @@ def get_model(name: str) -> Response:
         model = find_model(settings.models_dir, name)
     except ManifestError as error:
         raise not_found("model") from error
-    return jsonify(_model_body(model, settings.model_name))
+    return jsonify(_model_body(model, _serving(settings)))

@@ -163,9 +163,11 @@ def result_row(image: Image, result: Result | None) -> dict[str, Any]:
         "grade_name": outcome.get("grade_name"),
         "expected_grade": outcome.get("expected_grade"),
         "referable": outcome.get("referable"),
+        "referable_threshold": outcome.get("referable_threshold"),
         "confidence": outcome.get("confidence"),
         "probabilities": outcome.get("probabilities"),
         "model": outcome.get("model"),
+        "preprocessing_version": outcome.get("preprocessing_version"),
         "error": (
             {"code": image.error_code, "message": image.error_message} if image.error_code else None
         ),

@@ -31,10 +31,12 @@ RESULT_COLUMNS = (
     "grade_name",
     "expected_grade",
     "referable",
+    "referable_threshold",
     "confidence",
     "model_name",
     "model_version",
     "model_sha256",
+    "preprocessing_version",
     "error_code",
     "error_message",
 )
@@ -229,10 +231,14 @@ def flatten_result(row: dict[str, Any]) -> dict[str, Any]:
             "" if row.get("expected_grade") is None else f"{row['expected_grade']:.3f}"
         ),
         "referable": "" if row.get("referable") is None else str(row["referable"]).lower(),
+        "referable_threshold": (
+            "" if row.get("referable_threshold") is None else row["referable_threshold"]
+        ),
         "confidence": "" if row.get("confidence") is None else f"{row['confidence']:.4f}",
         "model_name": model.get("name", ""),
         "model_version": model.get("version", ""),
         "model_sha256": model.get("sha256", ""),
+        "preprocessing_version": row.get("preprocessing_version") or "",
         "error_code": error.get("code", ""),
         "error_message": error.get("message", ""),
     }

@@ -1,7 +1,8 @@
-"""``retinaq synth / train``: make labelled synthetic images and train a model with manifest.
+"""``retinaq synth / train / evaluate``: labelled synthetic images, training a model with its
+manifest, and measuring one through the serving path.
 
-``worker.training`` is imported inside ``train`` only, so ``retinaq --help`` and every other
-command start without loading TensorFlow.
+``worker.training`` and ``worker.evaluation`` are imported inside their commands only, so
+``retinaq --help`` and every other command start without loading TensorFlow.
 """
 
 from __future__ import annotations
@@ -329,5 +330,5 @@ def evaluate(
         f"referable at threshold {referable['threshold']}: "
         f"sensitivity {estimate(referable['sensitivity'])}, "
         f"specificity {estimate(referable['specificity'])}, AUC {estimate(referable['auc'])}\n"
-        f"wrote {out_dir / 'evaluation.json'}, roc.png, confusion.png"
+        f"wrote {out_dir / 'evaluation.json'}, {', '.join(report['plots'])}"
     )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.regions import largest_region
+
 MIN_SIDE = 32
 FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
 # MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
@@ -94,10 +96,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int]:
-    """Bounding box of the bright fundus disc; the whole image when none stands out."""
+    """Bounding box of the bright fundus disc; the whole image when none stands out.
+
+    The disc is the largest bright region, as the quality check sees it, so text burnt
+    into a corner or a glint outside the disc does not widen the crop.
+    """
     small = image.convert("L")
     small.thumbnail((256, 256))
-    mask = np.asarray(small) > FIELD_OF_VIEW_THRESHOLD
+    mask = largest_region(np.asarray(small) > FIELD_OF_VIEW_THRESHOLD)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size < 8 or cols.size < 8:

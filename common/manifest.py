@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.preprocessing import NORMALISATIONS, PREPROCESSING_VERSION, FundusPreprocessing
+from common.quality import QualityThresholds
 
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 REFERABLE_MIN_GRADE = 2
@@ -59,6 +61,10 @@ class ModelManifest:
             )
         if self.head not in HEADS:
             raise ManifestError(f"head must be one of {HEADS}, not {self.head!r}")
+        try:
+            QualityThresholds().with_overrides(self.quality_thresholds)
+        except ValueError as error:
+            raise ManifestError(f"quality_thresholds: {error}") from error
         if len(self.class_names) != len(GRADE_NAMES):
             raise ManifestError("class_names must list the five ICDR grades")
         if not 32 <= self.input_size <= 1024:
@@ -153,5 +159,8 @@ def load_verified_manifest(model_path: Path) -> ModelManifest:
 def write_manifest(model_path: Path, manifest: ModelManifest) -> Path:
     """Write the manifest beside the model file; returns its path."""
     path = manifest_path_for(model_path)
-    path.write_text(manifest.to_json())
+    # Readers (the API, a starting worker) never see a half-written file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(manifest.to_json())
+    os.replace(partial, path)
     return path

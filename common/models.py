@@ -148,8 +148,8 @@ class Batch(Base):
     reference: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[BatchState] = mapped_column(_enum(BatchState, "batch_state"))
     image_count: Mapped[int] = mapped_column(Integer, default=0)
-    # The model that grades it, chosen at submission; version and hash are filled in by the
-    # first worker that grades an image of it, from the file it actually loaded.
+    # The model that graded it, as the first worker to grade one of its images loaded it;
+    # every result records its own model too (a switch mid-batch shows there).
     model_name: Mapped[str | None] = mapped_column(String(100))
     model_version: Mapped[str | None] = mapped_column(String(50))
     model_sha256: Mapped[str | None] = mapped_column(String(64))

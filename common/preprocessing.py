@@ -131,9 +131,16 @@ class FundusPreprocessing:
         """Bytes to an upright RGB image, downscaled while decoding where the format allows."""
         return decode_image(data, max_pixels=max_pixels, draft_size=self.decode_side)
 
+    def square(self, image: Image.Image) -> np.ndarray:
+        """The photograph's field of view at the input size: what a person would look at."""
+        return square_fundus(image, self.input_size)
+
     def pixels(self, image: Image.Image) -> np.ndarray:
         """A decoded photograph to the model's uint8 square input (before normalising)."""
-        square = square_fundus(image, self.input_size)
+        return self.model_input(self.square(image))
+
+    def model_input(self, square: np.ndarray) -> np.ndarray:
+        """The square field of view to the model's uint8 input: Ben Graham's, if the model's."""
         return ben_graham(square) if self.ben_graham else square
 
     def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:

@@ -14,10 +14,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from common.models import (
     FINISHED_BATCH_STATES,
@@ -126,9 +125,9 @@ def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> Pur
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    removed, kept = _remove_unreferenced_files(session, store, dict(images), Image.sha256)
+    removed, kept = _remove_unreferenced_files(session, store, dict(images))
     heatmaps = {sha: store.relative_path(sha) for _, sha in results if sha is not None}
-    removed += _remove_unreferenced_files(session, store, heatmaps, Result.heatmap_sha256)[0]
+    removed += _remove_unreferenced_files(session, store, heatmaps)[0]
     return PurgeReport(
         batches_cancelled=int(outcome.batch_cancelled),
         images_cancelled=outcome.images_cancelled,
@@ -157,13 +156,16 @@ def purge_older_than(session: Session, store: ImageStore, cutoff: datetime) -> P
 
 
 def _remove_unreferenced_files(
-    session: Session, store: ImageStore, files: dict[str, str], column: InstrumentedAttribute[Any]
+    session: Session, store: ImageStore, files: dict[str, str]
 ) -> tuple[int, int]:
-    """Remove the files (sha256 → storage path) no row references in ``column`` (an image's
-    hash, a result's heat map); returns (removed, kept)."""
+    """Remove the files (sha256 → storage path) no image or heat map references any more;
+    returns (removed, kept)."""
     still_used: set[str] = set()
     for shas in chunked(sorted(files), _SHA_CHUNK):
-        still_used.update(session.scalars(select(column).where(column.in_(shas)).distinct()))
+        # Uploads and heat maps share one content-addressed store: a file stays while
+        # either kind of row still names it.
+        for column in (Image.sha256, Result.heatmap_sha256):
+            still_used.update(session.scalars(select(column).where(column.in_(shas)).distinct()))
     session.commit()
     removed = 0
     for sha, relative in files.items():

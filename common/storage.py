@@ -123,10 +123,11 @@ class ImageStore:
         return relatives
 
     def put(self, data: bytes) -> str:
-        """Store small bytes made here (a heat map) under their hash; returns the relative path."""
+        """Store small bytes made here (a heat map) under their hash; returns the hash."""
         spool = self.spool()
         spool.write(data)
-        return self.commit(spool)
+        self.commit(spool)
+        return spool.sha256
 
     def read(self, relative: str) -> bytes:
         """The stored bytes."""

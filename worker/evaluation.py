@@ -9,6 +9,7 @@ how many images it would send back for recapture.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from common.evaluation import choose_operating_point, evaluation_report
 from common.imaging import ImageDecodeError
 from common.manifest import GRADE_NAMES, ModelManifest, write_manifest
 from common.quality import QualityThresholds, assess_quality
+from common.settings import Settings
 from worker.model import LoadedModel, load_model
 
 Progress = Callable[[str], None]
-MAX_IMAGE_PIXELS = 120_000_000
+log = logging.getLogger(__name__)
 BATCH_SIZE = 32
 # A threshold is a probability: keep one chosen at the extremes strictly inside (0, 1).
 THRESHOLD_LIMITS = (1e-4, 1 - 1e-4)
@@ -47,17 +49,35 @@ class Graded:
 
 
 def grade_set(
-    model: LoadedModel, labelled: LabelledImages, *, quality: bool, progress: Progress
+    model: LoadedModel,
+    labelled: LabelledImages,
+    *,
+    quality: bool,
+    progress: Progress,
+    settings: Settings | None = None,
 ) -> Graded:
-    """Decode, check and prepare every image in threads; grade the gradable ones in batches."""
+    """Decode, check and prepare every image in threads; grade the gradable ones in batches.
+
+    The quality thresholds and pixel limit are the worker's: the manifest's, under the
+    deployment's settings (``RETINAQ_*``).
+    """
+    settings = settings or Settings()
     manifest = model.manifest
     preprocessor = manifest.preprocessor
-    thresholds = QualityThresholds().with_overrides(manifest.quality_thresholds)
+    thresholds = (
+        QualityThresholds()
+        .with_overrides(manifest.quality_thresholds)
+        .with_overrides(settings.quality_thresholds)
+    )
 
     def load(index: int) -> tuple[np.ndarray | None, tuple[str, ...]] | None:
         try:
-            image = preprocessor.decode(labelled.images[index].read(), max_pixels=MAX_IMAGE_PIXELS)
+            data = labelled.images[index].read()
+            image = preprocessor.decode(data, max_pixels=settings.max_image_pixels)
         except (ImageDecodeError, OSError):
+            return None
+        except Exception:  # one unreadable file must not end a long run
+            log.exception("%s could not be decoded", labelled.images[index].name)
             return None
         report = assess_quality(image, thresholds)
         if quality and not report.gradable:
@@ -150,7 +170,7 @@ def evaluate_model(
     report["images_per_s"] = round(graded.grades.size / max(graded.seconds, 1e-9), 2)
     if operating_point is not None:
         report["operating_point"] = operating_point
-    _write_outputs(report, out_dir)
+    report["plots"] = _write_outputs(report, out_dir)
     if operating_point is not None:
         _record_threshold(model_path, manifest, operating_point)
         progress(
@@ -167,13 +187,16 @@ def _split(graded: Graded, fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return rest, validation
 
 
-def _write_outputs(report: dict[str, Any], out_dir: Path) -> None:
+def _write_outputs(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """``evaluation.json`` and the plots; the names of the plots drawn (no ROC without both
+    referable and non-referable images)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    drawn = ["confusion.png"]
     plots.confusion_matrix_png(report["confusion_matrix"], GRADE_NAMES, out_dir / "confusion.png")
     referable = report["referable"]
     roc = referable["roc"]
     if roc is not None:
+        drawn.append("roc.png")
         sensitivity = referable["sensitivity"]["value"]
         specificity = referable["specificity"]["value"]
         point = (1 - specificity, sensitivity) if None not in (sensitivity, specificity) else None
@@ -185,6 +208,9 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> None:
             out_dir / "roc.png",
             operating_point=point,
         )
+    report = {**report, "plots": drawn}
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return drawn
 
 
 def _record_threshold(

@@ -42,22 +42,24 @@ def explain_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
     if not wanted:
         return 0
     preprocessor = runtime.model.manifest.preprocessor
-    pixels: list[np.ndarray] = []
+    squares: list[np.ndarray] = []
     ready: list[Wanted] = []
     for item in wanted:
         try:
             data = runtime.store.read(item.storage_path)
-            pixels.append(preprocessor.prepare(data, max_pixels=runtime.settings.max_image_pixels))
+            image = preprocessor.decode(data, max_pixels=runtime.settings.max_image_pixels)
+            squares.append(preprocessor.square(image))
             ready.append(item)
         except (FileNotFoundError, ImageDecodeError) as error:
             log.warning("no heat map for image %s: %s", item.image_id, error)
     if not ready:
         return 0
-    batch = np.stack(pixels)
-    heat = runtime.gradcam.heatmaps(preprocessor.normalise(batch))
+    inputs = np.stack([preprocessor.model_input(square) for square in squares])
+    heat = runtime.gradcam.heatmaps(preprocessor.normalise(inputs))
+    # Drawn on the photograph as a person sees it, not on a Ben Graham model's input.
     stored = {
-        item.result_id: runtime.store.put(render_overlay(image, heatmap)).rsplit("/", 1)[-1]
-        for item, image, heatmap in zip(ready, batch, heat, strict=True)
+        item.result_id: runtime.store.put(render_overlay(square, heatmap))
+        for item, square, heatmap in zip(ready, squares, heat, strict=True)
     }
     return with_db_retry(lambda: _record(runtime, stored), budget_s=budget)
 

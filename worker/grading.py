@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+UNCHECKED = QualityReport(gradable=True, reasons=(), measures={})  # quality_check is off
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,10 @@ def prepare_claim(runtime: WorkerRuntime, claim: Claim) -> Prepared | ImageDecod
     try:
         data = runtime.store.read(claim.storage_path)
         image = preprocessor.decode(data, max_pixels=runtime.settings.max_image_pixels)
+        if not runtime.settings.quality_check:
+            return Prepared(UNCHECKED, preprocessor.pixels(image))
         quality = assess_quality(image, runtime.quality_thresholds)
-        if runtime.settings.quality_check and not quality.gradable:
+        if not quality.gradable:
             return Prepared(quality, None)
         return Prepared(quality, preprocessor.pixels(image))
     except FileNotFoundError:

@@ -31,8 +31,12 @@ def known_outcomes(
     runtime: WorkerRuntime, claims: list[Claim]
 ) -> dict[tuple[uuid.UUID, str], ImageOutcome]:
     """Outcomes this model already gave identical bytes of the same programme, copied as
-    stored (not re-derived from rounded probabilities) so duplicates always agree."""
-    model_sha = runtime.model.manifest.sha256
+    stored (not re-derived from rounded probabilities) so duplicates always agree.
+
+    Only outcomes decided under the manifest's current referable threshold and
+    preprocessing count: a threshold moved by ``retinaq evaluate`` re-decides new uploads.
+    """
+    manifest = runtime.model.manifest
     pairs = {(c.programme_id, c.sha256) for c in claims}
     with runtime.sessions() as session:
         rows = session.execute(
@@ -40,7 +44,9 @@ def known_outcomes(
             .join(Result, Result.image_id == Image.id)
             .where(
                 tuple_(Image.programme_id, Image.sha256).in_(pairs),
-                Result.model_sha256 == model_sha,
+                Result.model_sha256 == manifest.sha256,
+                Result.referable_threshold == manifest.referable_threshold,
+                Result.preprocessing_version == manifest.preprocessing_version,
             )
         ).all()
     return {(programme_id, sha): stored_outcome(result) for programme_id, sha, result in rows}
@@ -192,7 +198,8 @@ def _result_row(
         "expected_grade": grade.expected_grade if grade else None,
         "referable": grade.referable if grade else None,
         "referable_probability": grade.referable_probability if grade else None,
-        "referable_threshold": manifest.referable_threshold,
+        # The threshold the referral was decided against, so a row never contradicts itself.
+        "referable_threshold": grade.referable_threshold if grade else manifest.referable_threshold,
         "confidence": grade.confidence if grade else None,
         "model_name": manifest.name,
         "model_version": manifest.version,

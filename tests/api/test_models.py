@@ -27,7 +27,10 @@ def registry(tmp_path: Path, registry_model: Callable[..., Path]) -> Path:
 def test_models_lists_the_registry_and_marks_the_served_model(
     make_app: Callable[..., Any], auth: dict[str, str], registry: Path
 ) -> None:
-    client = make_app(models_dir=registry, model_name="screening-b").test_client()
+    served = registry / "screening-b" / "model.keras"
+    client = make_app(
+        models_dir=registry, model_name="screening-b", model_path=served
+    ).test_client()
     body = client.get("/v1/models", headers=auth).get_json()
     assert body["serving"] == "screening-b"
     assert [m["name"] for m in body["items"]] == ["screening-a", "screening-b"]
@@ -39,6 +42,15 @@ def test_models_lists_the_registry_and_marks_the_served_model(
     assert b["links"]["self"] == "http://localhost/v1/models/screening-b"
     one = client.get(b["links"]["self"], headers=auth).get_json()
     assert one == b
+
+
+def test_a_model_path_names_the_served_model(
+    make_app: Callable[..., Any], auth: dict[str, str], registry: Path
+) -> None:
+    app = make_app(models_dir=registry, model_path=registry / "screening-a" / "model.keras")
+    body = app.test_client().get("/v1/models", headers=auth).get_json()
+    assert body["serving"] == "screening-a"
+    assert [m["serving"] for m in body["items"]] == [True, False]
 
 
 @pytest.mark.parametrize("name", ["broken", "nothing-here", "..", "notes.txt"])

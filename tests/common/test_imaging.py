@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from common.imaging import ImageDecodeError, decode_image, field_of_view_box
 from common.preprocessing import square_fundus
@@ -114,3 +114,10 @@ def test_field_of_view_crop_centres_the_disc() -> None:
 def test_blank_image_keeps_the_whole_frame() -> None:
     black = Image.new("RGB", (120, 80))
     assert field_of_view_box(black) == (0, 0, 120, 80)
+
+
+def test_text_burnt_into_a_corner_does_not_widen_the_crop() -> None:
+    plain = _disc()
+    annotated = plain.copy()
+    ImageDraw.Draw(annotated).rectangle((2, 2, 60, 12), fill=(255, 255, 255))  # "OD 2026-11-26"
+    assert field_of_view_box(annotated) == field_of_view_box(plain)

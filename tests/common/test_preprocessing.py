@@ -167,3 +167,9 @@ def test_border_mask_keeps_dark_lesions_inside_the_disc() -> None:
     assert mask[80, 120] and mask[100, 100]
     out = ben_graham(pixels)
     assert out[80, 120].max() < 100, "the haemorrhage shows dark, not masked to grey"
+
+
+def test_manifest_refuses_unknown_quality_thresholds() -> None:
+    assert _manifest(quality_thresholds={"min_focus": 0.2}).quality_thresholds == {"min_focus": 0.2}
+    with pytest.raises(ManifestError, match="quality_thresholds: unknown"):
+        _manifest(quality_thresholds={"sharpness": 3})

@@ -222,6 +222,42 @@ def test_identical_bytes_are_graded_once_and_every_entry_answered(
     assert len({(grade, tuple(probs)) for _, grade, probs in rows}) == 1
 
 
+def test_a_moved_threshold_decides_new_uploads_afresh_and_rows_never_contradict_it(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+) -> None:
+    same = fundus_jpeg(grade=0, seed=13)
+    _, first = submit([(same, "first.jpg")])
+    grade_images(runtime, first)
+    manifest = runtime.model.manifest
+    # As `retinaq evaluate --target-sensitivity` does: same file, another operating point.
+    strict = dataclasses.replace(manifest, referable_threshold=1e-6)
+    moved = WorkerRuntime(
+        runtime.settings,
+        sessions,
+        runtime.store,
+        dataclasses.replace(runtime.model, manifest=strict),
+    )
+    _, second = submit([(same, "second.jpg")])
+    assert grade_images(moved, second).inferred == 1, "not copied from the old threshold"
+    with sessions() as session:
+        rows = dict(
+            session.execute(
+                select(Image.filename, Result).join(Result, Result.image_id == Image.id)
+            ).all()
+        )
+    old, new = rows["first.jpg"], rows["second.jpg"]
+    assert (old.referable_threshold, new.referable_threshold) == (
+        manifest.referable_threshold,
+        1e-6,
+    )
+    for row in (old, new):
+        assert row.referable == (row.referable_probability >= row.referable_threshold)
+    assert new.referable is True
+
+
 def test_claims_carry_a_lease(
     runtime: WorkerRuntime, submit: Callable, fundus_jpeg: Callable[..., bytes], sessions
 ) -> None:
