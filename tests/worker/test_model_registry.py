@@ -52,7 +52,8 @@ def test_changing_the_served_model_between_batches_needs_no_code_change(
 
     one = client.get(first["links"]["self"], headers=auth).get_json()["model"]
     two = client.get(second["links"]["self"], headers=auth).get_json()["model"]
-    assert (one["name"], one["version"]) == (runtime.model.manifest.name, "1.0.0")
+    manifest = runtime.model.manifest
+    assert (one["name"], one["version"]) == (manifest.name, manifest.version)
     assert (two["name"], two["version"]) == ("screening-v2", "2.0.0")
     with sessions() as session:
         names = session.execute(select(Result.batch_id, Result.model_name)).all()
