@@ -134,7 +134,8 @@ def reconcile(once: bool, interval: float | None) -> None:
                 if once:
                     click.echo(
                         f"requeued={report.requeued} lease_expired={report.lease_expired} "
-                        f"exhausted={report.exhausted}"
+                        f"exhausted={report.exhausted} "
+                        f"heatmaps_requested={report.heatmaps_requested}"
                     )
             except Exception as error:  # a pass fails whole; the next one starts afresh
                 if once:

@@ -235,6 +235,8 @@ class Result(Base):
     model_sha256: Mapped[Sha256]
     preprocessing_version: Mapped[str] = mapped_column(String(20), server_default="1")
     heatmap_sha256: Mapped[str | None] = mapped_column(String(64))
+    # When a heat map was last asked for; the reconciler asks again if none came of it.
+    heatmap_requested_at: Mapped[OptionalTimestamp]
     inference_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[Timestamp]
 

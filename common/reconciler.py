@@ -3,29 +3,39 @@
 Each pass re-sends grading tasks for images that are ``queued`` but whose last send is
 older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
 commit) and for images whose ``processing`` lease has expired (a worker killed with
-``kill -9``); it also drops expired idempotency keys. Duplicate sends are harmless: a
-claim only takes pending images, and the attempt number fences out a superseded claim.
-Images out of attempts become ``failed``.
+``kill -9``); it also asks again, for a day, for heat maps that were asked for but never
+came (a heat-map task the broker lost), and drops expired idempotency keys. Duplicate
+sends are harmless: a claim only takes pending images, the attempt number fences out a
+superseded claim, and a heat map is made once. Images out of attempts become ``failed``.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.batch_progress import fail_exhausted, settle_finished_batches
-from common.models import PENDING_IMAGE_STATES, IdempotencyKey, Image, ImageState, utcnow
-from common.queue import send_grading
+from common.models import (
+    PENDING_IMAGE_STATES,
+    IdempotencyKey,
+    Image,
+    ImageState,
+    Result,
+    utcnow,
+)
+from common.queue import send_explaining, send_grading
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SCAN_LIMIT = 5000
+HEATMAP_RETRY_WINDOW = timedelta(days=1)  # a heat map that failed for a day is given up
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class ReconcileReport:
     requeued: int
     lease_expired: int
     exhausted: int
+    heatmaps_requested: int = 0
 
 
 def reconcile_once(
@@ -76,7 +87,44 @@ def reconcile_once(
     with sessions.begin() as session:
         settle_finished_batches(session)
     send_grading(celery, settings, ids)
-    report = ReconcileReport(requeued=len(ids), lease_expired=expired, exhausted=exhausted_count)
-    if ids or exhausted_count:
+    heatmaps = _ask_again_for_heatmaps(sessions, settings, now)
+    if heatmaps and settings.heatmaps:
+        send_explaining(celery, settings, heatmaps)
+    report = ReconcileReport(
+        requeued=len(ids),
+        lease_expired=expired,
+        exhausted=exhausted_count,
+        heatmaps_requested=len(heatmaps),
+    )
+    if ids or exhausted_count or heatmaps:
         log.info("reconciler: %s", report)
     return report
+
+
+def _ask_again_for_heatmaps(
+    sessions: sessionmaker[Session], settings: Settings, now: datetime
+) -> list[uuid.UUID]:
+    """Images whose heat map was asked for ``requeue_after_s`` ago and never came."""
+    if not settings.heatmaps:
+        return []
+    stale = now - timedelta(seconds=settings.requeue_after_s)
+    with sessions.begin() as session:
+        rows = session.execute(
+            update(Result)
+            .where(
+                Result.id.in_(
+                    select(Result.id)
+                    .where(
+                        Result.heatmap_sha256.is_(None),
+                        Result.heatmap_requested_at < stale,
+                        Result.created_at > now - HEATMAP_RETRY_WINDOW,
+                    )
+                    .order_by(Result.id)
+                    .limit(SCAN_LIMIT)
+                )
+            )
+            .values(heatmap_requested_at=now)
+            .returning(Result.image_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    return [image_id for (image_id,) in rows]

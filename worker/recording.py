@@ -100,7 +100,12 @@ def record_outcomes(
     with runtime.sessions.begin() as session:
         owned = _still_owned(session, claims)
         ours = [(claim, outcome) for claim, outcome in predictions if claim.image_id in owned]
-        rows = [_result_row(runtime, claim, outcome, inference_ms) for claim, outcome in ours]
+        to_explain = _wanting_heatmaps(runtime, session, ours)
+        wanted = set(to_explain)
+        rows = [
+            _result_row(runtime, claim, outcome, inference_ms, claim.image_id in wanted)
+            for claim, outcome in ours
+        ]
         if rows:
             session.execute(_insert_ignoring_duplicates(session, Result.__table__), rows)
         graded = [c.image_id for c, outcome in ours if outcome.gradable]
@@ -110,7 +115,6 @@ def record_outcomes(
         failed = [(claim, error) for claim, error in failures if claim.image_id in owned]
         for claim, error in failed:
             _finish(session, [claim.image_id], ImageState.FAILED, error)
-        to_explain = _wanting_heatmaps(runtime, session, ours)
     with runtime.sessions.begin() as session:
         for batch_id in sorted({c.batch_id for c in claims}):
             settle_batch(session, batch_id)
@@ -181,10 +185,15 @@ def _finish(
 
 
 def _result_row(
-    runtime: WorkerRuntime, claim: Claim, outcome: ImageOutcome, inference_ms: float
+    runtime: WorkerRuntime,
+    claim: Claim,
+    outcome: ImageOutcome,
+    inference_ms: float,
+    explain: bool,
 ) -> dict[str, Any]:
     manifest = runtime.model.manifest
     grade = outcome.grade
+    now = utcnow()
     return {
         "id": uuid7(),
         "image_id": claim.image_id,
@@ -206,7 +215,8 @@ def _result_row(
         "model_sha256": manifest.sha256,
         "preprocessing_version": manifest.preprocessing_version,
         "inference_ms": round(inference_ms, 3) if grade else 0.0,
-        "created_at": utcnow(),
+        "heatmap_requested_at": now if explain else None,
+        "created_at": now,
     }
 
 

@@ -72,6 +72,9 @@ def upgrade() -> None:
             sa.Column("preprocessing_version", sa.String(20), server_default="1", nullable=False)
         )
         batch.add_column(sa.Column("heatmap_sha256", sa.String(64), nullable=True))
+        batch.add_column(
+            sa.Column("heatmap_requested_at", sa.DateTime(timezone=True), nullable=True)
+        )
         batch.create_check_constraint("ck_results_gradable_has_grade", GRADABLE_CHECK)
     _recreate_sqlite_triggers()
     # Plain ADD COLUMN, which SQLite does in place: a rebuild would drop the batches trigger
@@ -96,6 +99,7 @@ def downgrade() -> None:
     with op.batch_alter_table("results") as batch:
         batch.drop_constraint("ck_results_gradable_has_grade", type_="check")
         for name in (
+            "heatmap_requested_at",
             "heatmap_sha256",
             "preprocessing_version",
             "expected_grade",

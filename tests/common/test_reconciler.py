@@ -12,10 +12,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Batch, BatchState, IdempotencyKey, Image, ImageState, utcnow
+from common.models import Batch, BatchState, IdempotencyKey, Image, ImageState, Result, utcnow
 from common.queue import make_celery
 from common.reconciler import reconcile_once
 from common.settings import Settings
+from worker.explaining import explain_images
+from worker.grading import grade_images
+from worker.runtime import WorkerRuntime
 
 
 def _submit(client: FlaskClient, auth: dict[str, str], jpeg: Callable, n: int) -> list[uuid.UUID]:
@@ -153,3 +156,45 @@ def test_reconciler_settles_a_batch_a_worker_left_unsettled(
         batch = session.scalars(select(Batch)).one()
     assert batch.state == BatchState.COMPLETED_WITH_ERRORS
     assert batch.completed_at is not None
+
+
+def test_a_lost_heat_map_task_is_asked_for_again_once_per_interval(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    runtime: WorkerRuntime,
+) -> None:
+    files = [(io.BytesIO(fundus_jpeg(grade=4, seed=5)), "refer.jpg")]
+    files.append((io.BytesIO(fundus_jpeg(grade=0, seed=6)), "healthy.jpg"))
+    batch = client.post("/v1/batches", headers=auth, data={"images": files}).get_json()
+    rows = client.get(batch["links"]["results"], headers=auth).get_json()["items"]
+    ids = {r["filename"]: uuid.UUID(r["image_id"]) for r in rows}
+    grade_images(runtime, list(ids.values()))
+    assert redis_client.llen(settings.explain_queue_name) == 1
+    redis_client.delete(settings.explain_queue_name)  # the heat-map task is lost
+    celery = make_celery(settings, name="test-reconciler")
+
+    assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "not yet stale"
+    long_ago = utcnow() - timedelta(seconds=settings.requeue_after_s + 5)
+    with sessions.begin() as session:
+        session.execute(
+            update(Result)
+            .where(Result.heatmap_requested_at.is_not(None))
+            .values(heatmap_requested_at=long_ago)
+        )
+    assert reconcile_once(sessions, celery, settings).heatmaps_requested == 1
+    assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "once a pass"
+    (message,) = redis_client.lrange(settings.explain_queue_name, 0, -1)
+    assert str(ids["refer.jpg"]) in message.decode()
+
+    assert explain_images(runtime, [ids["refer.jpg"]]) == 1
+    with sessions.begin() as session:
+        session.execute(
+            update(Result)
+            .where(Result.image_id == ids["refer.jpg"])
+            .values(heatmap_requested_at=long_ago)
+        )
+    assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "made: done"
