@@ -79,9 +79,10 @@ def grade_set(
         except Exception:  # one unreadable file must not end a long run
             log.exception("%s could not be decoded", labelled.images[index].name)
             return None
-        report = assess_quality(image, thresholds)
-        if quality and not report.gradable:
-            return None, report.reasons
+        if quality:
+            report = assess_quality(image, thresholds)
+            if not report.gradable:
+                return None, report.reasons
         return preprocessor.pixels(image), ()
 
     started = time.perf_counter()
