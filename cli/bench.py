@@ -95,7 +95,7 @@ def prepare_model(arch: str, folder: Path) -> Path:
     """The bundled model, or a standard backbone with random weights and its manifest."""
     if arch == "small":
         return BUNDLED_MODEL
-    from worker.training import BACKBONES, build_backbone, save_with_manifest
+    from worker.networks import BACKBONES, build_backbone, save_with_manifest
 
     if arch not in BACKBONES:
         raise click.BadParameter(f"arch must be small or one of {sorted(BACKBONES)}")

@@ -16,7 +16,7 @@ from common.datasets import DATASETS, DatasetError, open_dataset
 from common.manifest import HEADS
 from common.synth import FORMATS, LABELS_NAME, write_dataset
 
-# Kept in step with worker.training.ARCHITECTURES, which cannot be imported here without
+# Kept in step with worker.networks.ARCHITECTURES, which cannot be imported here without
 # loading TensorFlow; a test checks the two agree.
 ARCHITECTURES = (
     "small",
@@ -199,6 +199,7 @@ def train(
         raise click.ClickException(str(exc)) from exc
     click.echo(images.description)
 
+    from worker.networks import WeightsError
     from worker.training import TrainConfig, TrainingError
     from worker.training import train as run_training
 
@@ -222,7 +223,7 @@ def train(
     started = time.perf_counter()
     try:
         manifest = run_training(config, images, progress=click.echo)
-    except (DatasetError, TrainingError) as exc:  # nothing decodable, too few, bad weights
+    except (DatasetError, TrainingError, WeightsError) as exc:  # nothing decodable, too few
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out_dir / 'model.keras'} ({manifest.name} {manifest.version}, "

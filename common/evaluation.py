@@ -58,8 +58,7 @@ def evaluation_report(
                        "roc": {"fpr", "tpr", "thresholds": lists} or None},
          "bootstrap": {"resamples": int, "confidence": float, "seed": int}}
 
-    ``training.evaluate()``'s ``referable_sensitivity`` is ``referable.sensitivity.value``
-    here, and so on; its ``quadratic_weighted_kappa`` is ``quadratic_weighted_kappa.value``.
+    :func:`manifest_metrics` flattens it into the summary a manifest carries.
     The ROC curve holds at most ``ROC_POINTS`` points, its first threshold None (+inf:
     nothing flagged); it is None when either referable class is absent. Sensitivity,
     specificity and AUC resample within the referable and non-referable images (stratified),
@@ -126,6 +125,30 @@ def evaluation_report(
             "roc": _roc_points(referable, score) if 0 < positives < count else None,
         },
         "bootstrap": {"resamples": resamples, "confidence": CONFIDENCE, "seed": seed},
+    }
+
+
+def manifest_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The flat summary of an :func:`evaluation_report` that a model manifest carries.
+
+    Point estimates under the names manifests have always used, so readers of older
+    manifests keep working, plus each estimate's 95 % interval under ``intervals``.
+    """
+    referable = report["referable"]
+    estimates = {
+        "quadratic_weighted_kappa": report["quadratic_weighted_kappa"],
+        "referable_sensitivity": referable["sensitivity"],
+        "referable_specificity": referable["specificity"],
+        "referable_auc": referable["auc"],
+    }
+    return {
+        "held_out_images": report["gradable"],
+        "accuracy": report["accuracy"],
+        **{name: estimate["value"] for name, estimate in estimates.items()},
+        "confusion_matrix": report["confusion_matrix"],
+        "intervals": {
+            name: [estimate["low"], estimate["high"]] for name, estimate in estimates.items()
+        },
     }
 
 

@@ -1,8 +1,9 @@
 """Train a grading model (our small CNN or a standard backbone) and write it with its manifest.
 
-The only training module that imports TensorFlow. Every image goes through
-:class:`common.preprocessing.FundusPreprocessing`, exactly as the worker will feed it, so
-what the held-out metrics measure is what serving will see. Images are prepared once at
+The networks come from :mod:`worker.networks` and the held-out metrics from
+:mod:`common.evaluation`, the same report ``retinaq evaluate`` writes. Every image goes
+through :class:`common.preprocessing.FundusPreprocessing`, exactly as the worker will feed
+it, so what the held-out metrics measure is what serving will see. Images are prepared once at
 the model's input size (:func:`common.datasets.prepare_images`); each batch is then
 augmented on those uint8 pixels and normalised.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import metrics  # noqa: E402
 from common.datasets import (  # noqa: E402
     IN_MEMORY_LIMIT,
     LabelledImages,
@@ -34,49 +33,34 @@ from common.datasets import (  # noqa: E402
     prepare_images,
     stratified_split,
 )
-from common.manifest import (  # noqa: E402
-    GRADE_NAMES,
-    HEADS,
-    REFERABLE_MIN_GRADE,
-    ModelManifest,
-    file_sha256,
-    write_manifest,
-)
+from common.evaluation import evaluation_report, manifest_metrics  # noqa: E402
+from common.manifest import HEADS, ModelManifest  # noqa: E402
 from common.preprocessing import FundusPreprocessing  # noqa: E402
-from worker.layers import OrdinalThresholds  # noqa: E402  (also registers it for loading)
+from worker.networks import (  # noqa: E402
+    ARCHITECTURES,
+    BACKBONES,
+    build_backbone,
+    build_model,
+    ordinal_thresholds,
+    save_with_manifest,
+)
 
-MODEL_NAME = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
 PIXEL_CACHE = Path("cache") / "pixels.npy"
 MAX_IMAGE_PIXELS = 120_000_000
-N_GRADES = len(GRADE_NAMES)
 BALANCES = ("weights", "sampling")
-WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras")
 # Our CNN learns from scratch; a pretrained backbone is fine-tuned, gently.
 SMALL_LEARNING_RATE = 2e-3
 BACKBONE_LEARNING_RATE = 1e-4
-
-# Standard backbones at their standard input size with the matching preprocessing mode.
-BACKBONES: dict[str, tuple[str, int, str]] = {
-    "mobilenetv2": ("MobileNetV2", 224, "tf"),
-    "efficientnetb0": ("EfficientNetB0", 224, "raw"),
-    "resnet50": ("ResNet50", 224, "caffe"),
-    "inceptionv3": ("InceptionV3", 299, "tf"),
-    "xception": ("Xception", 299, "tf"),
-    "vgg16": ("VGG16", 224, "caffe"),
-}
-ARCHITECTURES = ("small", *BACKBONES)
-IMAGENET_STD = (0.229, 0.224, 0.225)  # RGB, as keras.applications.efficientnet has it
+# Bootstrap resamples for the validation split's intervals in the manifest: enough for a
+# stable 95 % interval, few enough to cost well under a second.
+VALIDATION_RESAMPLES = 500
 
 Progress = Callable[[str], None]
 
 
 class TrainingError(ValueError):
     """A run that cannot go ahead as configured; the message says why."""
-
-
-class WeightsError(TrainingError):
-    """A ``--weights`` file that is missing or does not fit the backbone."""
 
 
 @dataclass(frozen=True)
@@ -132,126 +116,12 @@ class TrainConfig:
         return SMALL_LEARNING_RATE if self.arch == "small" else BACKBONE_LEARNING_RATE
 
 
-# --- models --------------------------------------------------------------------------------
-
-
-def grade_head(features: Any, head: str = "softmax", seed: int = 0) -> Any:
-    """Pooling, dropout, then a softmax over the grades or an ordinal regression score.
-
-    Both give five grade probabilities (the output is named ``grades``), so the worker and
-    every result downstream treat the two alike.
-    """
-    x = keras.layers.GlobalAveragePooling2D(name="grade_pool")(features)
-    x = keras.layers.Dropout(0.3, seed=seed, name="grade_dropout")(x)
-    if head == "softmax":
-        return keras.layers.Dense(N_GRADES, activation="softmax", name="grades")(x)
-    if head != "regression":
-        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-    # No bias: the first cut-point already places the score, and two free offsets would
-    # only trade places with each other.
-    score = keras.layers.Dense(1, use_bias=False, name="score")(x)
-    return OrdinalThresholds(N_GRADES, name="grades")(score)
-
-
-def build_model(input_size: int, seed: int = 0, head: str = "softmax") -> keras.Model:
-    """The "small" architecture: five conv/BN/ReLU/pool blocks, then :func:`grade_head`."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(input_size, input_size, 3), name="fundus")
-    x = inputs
-    for filters in (16, 32, 48, 64, 96):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D()(x)
-    return keras.Model(inputs, grade_head(x, head, seed), name="retinaq_small")
-
-
-def _check_weights_file(path: Path) -> None:
-    """Refuse a weights file that cannot be one before building a large backbone for it."""
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    if not path.name.endswith(WEIGHT_SUFFIXES):
-        raise WeightsError(f"weights file {path} must be a .h5, .weights.h5 or .keras file")
-
-
-def _load_base_weights(base: keras.Model, path: Path) -> None:
-    """Load a backbone's weights (without top) from a local file, or raise WeightsError."""
-    try:
-        with warnings.catch_warnings():
-            # Keras warns, and carries on, when it skips layers it found no weights for:
-            # a half-loaded backbone is the wrong file, not a warning.
-            warnings.simplefilter("error")
-            base.load_weights(path)
-    except (ValueError, OSError, KeyError, TypeError, UserWarning) as exc:
-        raise WeightsError(
-            f"{path} does not hold weights for {base.name} without its top "
-            f"(include_top=False): {exc}"
-        ) from exc
-
-
-def _match_imagenet_stem(base: keras.Model) -> None:
-    """Fold in the stem scaling Keras adds to EfficientNet only for ``weights="imagenet"``.
-
-    With ImageNet weights Keras follows its Normalization layer with a division by
-    sqrt(ImageNet std) per channel, the scaling the original weights were trained with
-    (keras.applications.efficientnet, tensorflow#49930). Weights loaded from a file get the
-    graph without it; scaling the layer's variance by the std gives the same outputs.
-    """
-    stem = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
-    stem.adapt_variance.assign(stem.adapt_variance * np.asarray(IMAGENET_STD, np.float32))
-    stem.finalize_state()
-
-
-def build_backbone(
-    arch: str, seed: int = 0, *, head: str = "softmax", weights: Path | None = None
-) -> tuple[keras.Model, int, str]:
-    """A Keras application without top plus :func:`grade_head`: (model, size, mode).
-
-    ImageNet weights cannot be downloaded here: ``weights`` is a local file of the backbone
-    without its top (Keras's ``*_no_top.h5``, or a ``.weights.h5``); None keeps the random
-    initial weights, which still give the realistic compute per image benchmarks need.
-    """
-    application, size, mode = BACKBONES[arch]
-    if weights is not None:
-        _check_weights_file(weights)
-    keras.utils.set_random_seed(seed)
-    base = getattr(keras.applications, application)(
-        include_top=False, weights=None, input_shape=(size, size, 3)
-    )
-    if weights is not None:
-        _load_base_weights(base, weights)
-        if arch == "efficientnetb0":
-            _match_imagenet_stem(base)
-    name = f"{arch}-{head}" if weights is not None else f"{arch}-random"
-    return keras.Model(base.input, grade_head(base.output, head, seed), name=name), size, mode
-
-
 def build_network(config: TrainConfig) -> keras.Model:
     """The model a config asks for, weights loaded, not yet compiled."""
     if config.arch == "small":
         return build_model(config.input_size, config.seed, config.head)
     model, _, _ = build_backbone(config.arch, config.seed, head=config.head, weights=config.weights)
     return model
-
-
-def ordinal_thresholds(model: keras.Model) -> list[float] | None:
-    """The learned cut-points of a regression head, or None for a softmax head."""
-    layer = model.get_layer("grades")
-    if not isinstance(layer, OrdinalThresholds):
-        return None
-    return [float(t) for t in keras.ops.convert_to_numpy(layer.thresholds())]
-
-
-def save_with_manifest(
-    model: keras.Model, out_dir: Path, manifest_fields: dict[str, object]
-) -> ModelManifest:
-    """Save ``model.keras`` and its manifest (hash filled in) into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MODEL_NAME
-    model.save(path)
-    manifest = ModelManifest(sha256=file_sha256(path), **manifest_fields)  # type: ignore[arg-type]
-    write_manifest(path, manifest)
-    return manifest
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -363,31 +233,6 @@ class EpochPrinter(keras.callbacks.Callback):
         )
 
 
-def _rounded(value: float) -> float | None:
-    """JSON-safe metric: four decimals, and None for an undefined (NaN) value."""
-    return None if math.isnan(value) else round(value, 4)
-
-
-def evaluate(
-    probabilities: np.ndarray, grades: np.ndarray, referable_threshold: float
-) -> dict[str, Any]:
-    """Held-out metrics: accuracy and QWK over grades, referable sensitivity/specificity/AUC."""
-    predicted = probabilities.argmax(axis=1)
-    referable_score = metrics.referable_probability(probabilities)
-    sensitivity, specificity = metrics.referable_sensitivity_specificity(
-        grades, referable_score >= referable_threshold
-    )
-    return {
-        "held_out_images": int(grades.size),
-        "accuracy": _rounded(metrics.accuracy(grades, predicted)),
-        "quadratic_weighted_kappa": _rounded(metrics.quadratic_weighted_kappa(grades, predicted)),
-        "referable_sensitivity": _rounded(sensitivity),
-        "referable_specificity": _rounded(specificity),
-        "referable_auc": _rounded(metrics.roc_auc(grades >= REFERABLE_MIN_GRADE, referable_score)),
-        "confusion_matrix": metrics.confusion_matrix(grades, predicted).tolist(),
-    }
-
-
 def _checkpoints(config: TrainConfig) -> list[keras.callbacks.Callback]:
     """The best epoch so far and the last one, saved as each ends, so an interrupted run
     keeps its best model: ``out_dir/checkpoints/best.keras`` and ``last.keras``."""
@@ -477,7 +322,14 @@ def _fit_and_save(
     train_seconds = time.perf_counter() - started
 
     probabilities = model.predict(held_out, verbose=0)
-    scores = evaluate(probabilities, grades[val_idx], config.referable_threshold)
+    report = evaluation_report(
+        grades[val_idx],
+        probabilities,
+        referable_threshold=config.referable_threshold,
+        resamples=VALIDATION_RESAMPLES,
+        seed=config.seed,
+    )
+    scores = manifest_metrics(report)
     scores["epochs_trained"] = len(history.history["loss"])
     scores["best_epoch"] = stopper.best_epoch + 1  # whose weights were kept
     scores["train_seconds"] = round(train_seconds, 1)

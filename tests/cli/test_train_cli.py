@@ -227,6 +227,6 @@ def test_an_unfitting_weights_file_is_a_click_error(tmp_path: Path) -> None:
 
 
 def test_the_cli_offers_every_architecture_the_trainer_builds() -> None:
-    from worker.training import ARCHITECTURES as TRAINER_ARCHITECTURES
+    from worker.networks import ARCHITECTURES as TRAINER_ARCHITECTURES
 
     assert ARCHITECTURES == TRAINER_ARCHITECTURES

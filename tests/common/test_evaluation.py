@@ -7,7 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from common.evaluation import ROC_POINTS, choose_operating_point, evaluation_report
+from common.evaluation import (
+    ROC_POINTS,
+    choose_operating_point,
+    evaluation_report,
+    manifest_metrics,
+)
 from common.manifest import GRADE_NAMES
 
 
@@ -108,6 +113,30 @@ def test_noisy_report_intervals_bracket_their_estimates() -> None:
     assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) <= ROC_POINTS
     assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)
     assert report["bootstrap"] == {"resamples": 200, "confidence": 0.95, "seed": 0}
+
+
+def test_manifest_metrics_flatten_the_report_under_the_manifest_names() -> None:
+    grades, probabilities = _noisy(500, seed=5)
+    gradable = np.arange(500) % 10 != 0
+    report = evaluation_report(
+        grades, probabilities, referable_threshold=0.4, gradable=gradable, resamples=100
+    )
+    summary = manifest_metrics(report)
+    json.dumps(summary, allow_nan=False)
+    assert summary["held_out_images"] == 450  # the gradable images the metrics cover
+    assert summary["accuracy"] == report["accuracy"]
+    assert summary["confusion_matrix"] == report["confusion_matrix"]
+    referable = report["referable"]
+    expected = {
+        "quadratic_weighted_kappa": report["quadratic_weighted_kappa"],
+        "referable_sensitivity": referable["sensitivity"],
+        "referable_specificity": referable["specificity"],
+        "referable_auc": referable["auc"],
+    }
+    for name, estimate in expected.items():
+        assert summary[name] == estimate["value"]
+        assert summary["intervals"][name] == [estimate["low"], estimate["high"]]
+        assert estimate["low"] < estimate["value"] < estimate["high"]
 
 
 def test_report_is_deterministic_for_a_seed() -> None:

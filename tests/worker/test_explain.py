@@ -10,7 +10,7 @@ import pytest
 
 from common.synth import generate_fundus
 from worker.explain import GradCam, find_last_conv_layer
-from worker.training import build_backbone, build_model
+from worker.networks import build_backbone, build_model
 
 LESION_SIZE = 32  # side of the lesion-task images
 LESION_RADIUS = 4

@@ -9,25 +9,20 @@ import keras
 import numpy as np
 import pytest
 
-from common.datasets import synthetic_images
+from common.datasets import augment, class_weights, stratified_split, synthetic_images
 from common.manifest import GRADE_NAMES, file_sha256, load_verified_manifest
 from common.synth import encode_image, generate_fundus
 from worker.layers import OrdinalThresholds
-from worker.training import (
+from worker.networks import (
     ARCHITECTURES,
     BACKBONES,
     IMAGENET_STD,
     MODEL_NAME,
-    AugmentedBatches,
-    TrainConfig,
     WeightsError,
-    augment,
     build_backbone,
     build_model,
-    class_weights,
-    stratified_split,
-    train,
 )
+from worker.training import AugmentedBatches, TrainConfig, train
 
 METRIC_KEYS = {
     "held_out_images",
@@ -102,6 +97,9 @@ def test_smoke_train_on_synthetic_images_is_reproducible(tmp_path: Path) -> None
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert -1.0 <= metrics["quadratic_weighted_kappa"] <= 1.0
     assert 0.0 <= metrics["referable_auc"] <= 1.0
+    # the same report `retinaq evaluate` writes, so each estimate has its 95 % interval
+    low, high = metrics["intervals"]["quadratic_weighted_kappa"]
+    assert low <= metrics["quadratic_weighted_kappa"] <= high
     assert any(line.startswith("epoch   1/2") for line in lines)
     assert any(line.startswith("prepared 30 images at 48 px") for line in lines)
 
