@@ -32,6 +32,9 @@ from worker.model import LoadedModel, load_model
 Progress = Callable[[str], None]
 log = logging.getLogger(__name__)
 BATCH_SIZE = 32
+# Images decoded, prepared and graded together: bounds memory to one chunk's pixels (about
+# 270 MB at 299 px) whatever the size of the set.
+CHUNK_SIZE = BATCH_SIZE * 32
 # A threshold is a probability: keep one chosen at the extremes strictly inside (0, 1).
 THRESHOLD_LIMITS = (1e-4, 1 - 1e-4)
 
@@ -57,6 +60,9 @@ def grade_set(
     settings: Settings | None = None,
 ) -> Graded:
     """Decode, check and prepare every image in threads; grade the gradable ones in batches.
+
+    Works through the set a chunk at a time, so an EyePACS-sized set needs the memory of
+    one chunk plus the probabilities, not of every image's pixels.
 
     The quality thresholds and pixel limit are the worker's: the manifest's, under the
     deployment's settings (``RETINAQ_*``).
@@ -86,30 +92,39 @@ def grade_set(
         return preprocessor.pixels(image), ()
 
     started = time.perf_counter()
-    grades, gradable, pixels, reasons, undecodable = [], [], [], {}, 0
+    count = len(labelled.images)
+    grades, gradable, outputs, reasons, undecodable = [], [], [], {}, 0
     with ThreadPoolExecutor() as pool:
-        for index, loaded in enumerate(pool.map(load, range(len(labelled.images)))):
-            if loaded is None:
-                undecodable += 1
-                continue
-            image, why = loaded
-            grades.append(labelled.images[index].grade)
-            gradable.append(image is not None)
-            for reason in why:
-                reasons[reason] = reasons.get(reason, 0) + 1
-            if image is not None:
-                pixels.append(image)
-    progress(f"prepared {len(grades)} images ({undecodable} undecodable)")
+        # A chunk at a time, so memory holds one chunk of pixels, never the whole set.
+        for first in range(0, count, CHUNK_SIZE):
+            chunk = range(first, min(count, first + CHUNK_SIZE))
+            pixels = []
+            for index, loaded in zip(chunk, pool.map(load, chunk), strict=True):
+                if loaded is None:
+                    undecodable += 1
+                    continue
+                image, why = loaded
+                grades.append(labelled.images[index].grade)
+                gradable.append(image is not None)
+                for reason in why:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                if image is not None:
+                    pixels.append(image)
+            outputs.extend(
+                model.predict(preprocessor.normalise(np.stack(pixels[start : start + BATCH_SIZE])))
+                for start in range(0, len(pixels), BATCH_SIZE)
+            )
+            if chunk.stop < count:
+                progress(f"graded {chunk.stop} of {count} images")
     mask = np.asarray(gradable, dtype=bool)
     probabilities = np.full((mask.size, len(GRADE_NAMES)), np.nan)
-    if pixels:
-        outputs = [
-            model.predict(preprocessor.normalise(np.stack(pixels[start : start + BATCH_SIZE])))
-            for start in range(0, len(pixels), BATCH_SIZE)
-        ]
+    if outputs:
         probabilities[mask] = np.concatenate(outputs)
     seconds = time.perf_counter() - started
-    progress(f"graded {int(mask.sum())} gradable images in {seconds:.1f} s")
+    progress(
+        f"graded {int(mask.sum())} gradable of {mask.size} decodable images "
+        f"({undecodable} undecodable) in {seconds:.1f} s"
+    )
     return Graded(np.asarray(grades), mask, probabilities, reasons, undecodable, seconds)
 
 
