@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,13 @@ class ModelManifest:
     def preprocessor(self) -> FundusPreprocessing:
         """The preprocessing this model was trained with, ready to run."""
         return FundusPreprocessing(self.input_size, self.preprocessing, self.ben_graham)
+
+    def serving_quality_thresholds(self, overrides: Mapping[str, float]) -> QualityThresholds:
+        """The check's defaults, under this manifest's, under ``overrides`` (the settings').
+
+        The one layering the worker, ``retinaq evaluate`` and ``retinaq quality-eval`` use.
+        """
+        return QualityThresholds().with_overrides(self.quality_thresholds).with_overrides(overrides)
 
     @property
     def preprocessing_steps(self) -> tuple[str, ...]:

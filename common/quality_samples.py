@@ -11,10 +11,7 @@ fundus at all.
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -22,29 +19,17 @@ from PIL import Image, ImageDraw, ImageFilter
 from common.imaging import field_of_view_box
 from common.quality import (
     BLURRED,
-    DEFAULT_THRESHOLDS,
     FIELD_OF_VIEW_CUT_OFF,
     NO_FIELD_OF_VIEW,
     NOT_FUNDUS,
     OVEREXPOSED,
-    REASONS,
     UNDEREXPOSED,
-    QualityThresholds,
-    assess_quality,
 )
+from common.quality_evaluation import QualitySample
 from common.synth import GRADES, generate_fundus
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SEED_LIMIT = 2**31
-
-
-@dataclass(frozen=True)
-class QualitySample:
-    """One evaluation image: its kind and the reason it must be rejected (None: gradable)."""
-
-    kind: str
-    expected_reason: str | None
-    image: Image.Image
 
 
 def _fundus(rng: np.random.Generator, size: int = 512) -> Image.Image:
@@ -318,7 +303,7 @@ def make_sample(kind: str, index: int, seed: int = 0) -> QualitySample:
     """One sample of ``kind``, the same for the same ``(kind, index, seed)``."""
     expected, maker = KINDS[kind]
     rng = np.random.default_rng([seed, list(KINDS).index(kind), index])
-    return QualitySample(kind, expected, maker(rng))
+    return QualitySample(kind, maker(rng), expected, ungradable=expected is not None)
 
 
 def iter_quality_samples(per_kind: int, seed: int = 0) -> Iterator[QualitySample]:
@@ -326,61 +311,3 @@ def iter_quality_samples(per_kind: int, seed: int = 0) -> Iterator[QualitySample
     for kind in KINDS:
         for index in range(per_kind):
             yield make_sample(kind, index, seed)
-
-
-def _ratio(part: int, whole: int) -> float:
-    return round(part / whole, 4) if whole else 0.0
-
-
-def evaluate_quality(
-    samples: Iterable[QualitySample], thresholds: QualityThresholds = DEFAULT_THRESHOLDS
-) -> dict[str, Any]:
-    """Judge every sample; precision and recall of "ungradable", per kind and per reason.
-
-    ``ms_per_image`` times :func:`assess_quality` alone, not making the samples.
-    """
-    kinds: dict[str, dict[str, Any]] = {}
-    by_reason = {reason: {"expected": 0, "found": 0} for reason in REASONS}
-    false_positives: dict[str, dict[str, int]] = {}
-    positives = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    seconds = 0.0
-    for sample in samples:
-        started = time.perf_counter()
-        report = assess_quality(sample.image, thresholds)
-        seconds += time.perf_counter() - started
-        row = kinds.setdefault(
-            sample.kind,
-            {"expected": sample.expected_reason, "images": 0, "gradable": 0, "as_expected": 0},
-        )
-        row["images"] += 1
-        row["gradable"] += report.gradable
-        if sample.expected_reason is None:
-            row["as_expected"] += report.gradable
-            positives["tn" if report.gradable else "fp"] += 1
-            if not report.gradable:
-                counts = false_positives.setdefault(sample.kind, {})
-                for reason in report.reasons:
-                    counts[reason] = counts.get(reason, 0) + 1
-            continue
-        found = sample.expected_reason in report.reasons
-        row["as_expected"] += found
-        by_reason[sample.expected_reason]["expected"] += 1
-        by_reason[sample.expected_reason]["found"] += found
-        positives["fn" if report.gradable else "tp"] += 1
-    images = sum(row["images"] for row in kinds.values())
-    tp, fp, fn = positives["tp"], positives["fp"], positives["fn"]
-    return {
-        "images": images,
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "confusion": positives,
-        "kinds": kinds,
-        "reason_recall": {
-            reason: {**counts, "recall": _ratio(counts["found"], counts["expected"])}
-            for reason, counts in by_reason.items()
-            if counts["expected"]
-        },
-        "false_positives": false_positives,
-        "ms_per_image": round(1000 * seconds / images, 2) if images else 0.0,
-        "thresholds": thresholds.as_dict(),
-    }

@@ -25,7 +25,7 @@ from common.datasets import LabelledImages, stratified_split
 from common.evaluation import choose_operating_point, evaluation_report
 from common.imaging import ImageDecodeError
 from common.manifest import GRADE_NAMES, ModelManifest, write_manifest
-from common.quality import QualityThresholds, assess_quality
+from common.quality import assess_quality
 from common.settings import Settings
 from worker.model import LoadedModel, load_model
 
@@ -70,11 +70,7 @@ def grade_set(
     settings = settings or Settings()
     manifest = model.manifest
     preprocessor = manifest.preprocessor
-    thresholds = (
-        QualityThresholds()
-        .with_overrides(manifest.quality_thresholds)
-        .with_overrides(settings.quality_thresholds)
-    )
+    thresholds = manifest.serving_quality_thresholds(settings.quality_thresholds)
 
     def load(index: int) -> tuple[np.ndarray | None, tuple[str, ...]] | None:
         try:

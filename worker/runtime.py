@@ -48,11 +48,7 @@ class WorkerRuntime:
     @cached_property
     def quality_thresholds(self) -> QualityThresholds:
         """The check's defaults, under the model's manifest, under the deployment's settings."""
-        return (
-            QualityThresholds()
-            .with_overrides(self.model.manifest.quality_thresholds)
-            .with_overrides(self.settings.quality_thresholds)
-        )
+        return self.model.manifest.serving_quality_thresholds(self.settings.quality_thresholds)
 
     @cached_property
     def producer(self) -> Celery:
