@@ -13,6 +13,7 @@ from common.preprocessing import (
     border_mask,
     normalise,
 )
+from common.quality import QualityThresholds
 from common.synth import encode_image, generate_fundus
 
 LIMIT = 50_000_000
@@ -173,3 +174,13 @@ def test_manifest_refuses_unknown_quality_thresholds() -> None:
     assert _manifest(quality_thresholds={"min_focus": 0.2}).quality_thresholds == {"min_focus": 0.2}
     with pytest.raises(ManifestError, match="quality_thresholds: unknown"):
         _manifest(quality_thresholds={"sharpness": 3})
+
+
+def test_serving_thresholds_layer_settings_over_manifest_over_defaults() -> None:
+    manifest = _manifest(quality_thresholds={"min_focus": 0.2, "min_brightness": 30})
+    thresholds = manifest.serving_quality_thresholds({"min_focus": 0.25})
+    assert thresholds.min_focus == 0.25  # the deployment's setting wins
+    assert thresholds.min_brightness == 30  # the manifest's, where settings are silent
+    assert thresholds.max_brightness == QualityThresholds().max_brightness  # the default
+    with pytest.raises(ValueError, match="unknown quality thresholds: sharpness"):
+        manifest.serving_quality_thresholds({"sharpness": 1})
