@@ -57,6 +57,8 @@ def batch_brief(batch: Batch) -> dict[str, Any]:
                 "name": batch.model_name,
                 "version": batch.model_version,
                 "sha256": batch.model_sha256,
+                # another model graded some images too: each result names its own
+                "mixed": batch.models_mixed,
             }
             if batch.model_sha256
             else None

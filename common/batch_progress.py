@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Exists, and_, case, exists, not_, select, update
+from sqlalchemy import ColumnElement, Exists, and_, case, exists, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from common.models import (
@@ -43,12 +43,27 @@ def mark_batches_processing(session: Session, batch_ids: set[uuid.UUID]) -> None
 def record_batch_model(
     session: Session, batch_ids: set[uuid.UUID], name: str, version: str, sha256: str
 ) -> None:
-    """Record the model grading these batches, once: the first worker to grade one says."""
+    """Record the model grading these batches: the first worker to grade one names it, and
+    a worker serving another model (file, name or version) marks the batch ``models_mixed``."""
     if batch_ids:
         session.execute(
             update(Batch)
             .where(Batch.id.in_(batch_ids), Batch.model_sha256.is_(None))
             .values(model_name=name, model_version=version, model_sha256=sha256)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(Batch)
+            .where(
+                Batch.id.in_(batch_ids),
+                Batch.models_mixed.is_(False),
+                or_(
+                    Batch.model_sha256 != sha256,
+                    Batch.model_name != name,
+                    Batch.model_version != version,
+                ),
+            )
+            .values(models_mixed=True)
             .execution_options(synchronize_session=False)
         )
 

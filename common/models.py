@@ -149,10 +149,12 @@ class Batch(Base):
     state: Mapped[BatchState] = mapped_column(_enum(BatchState, "batch_state"))
     image_count: Mapped[int] = mapped_column(Integer, default=0)
     # The model that graded it, as the first worker to grade one of its images loaded it;
-    # every result records its own model too (a switch mid-batch shows there).
+    # every result records its own model too, and ``models_mixed`` says when workers
+    # serving another model graded some of its images (a switch mid-batch).
     model_name: Mapped[str | None] = mapped_column(String(100))
     model_version: Mapped[str | None] = mapped_column(String(50))
     model_sha256: Mapped[str | None] = mapped_column(String(64))
+    models_mixed: Mapped[bool] = mapped_column(server_default=false())
     # Heat maps for every gradable image, not only the referable and borderline ones.
     explain: Mapped[bool] = mapped_column(server_default=false())
     created_at: Mapped[Timestamp]

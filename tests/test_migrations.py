@@ -68,3 +68,62 @@ def test_schema_check_passes_at_head(empty_database: str) -> None:
     engine = create_engine(empty_database)
     assert_schema_at_head(engine)
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0005_marks_batches_already_graded_by_two_models(
+    backend: str, empty_database: str, tmp_path
+) -> None:
+    url = empty_database if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0004")
+    engine = create_engine(url)
+    programme, now = uuid.uuid4().hex, "2026-11-26 00:00:00"
+    batches = {"one-model": ("m", "1", "a" * 64), "two-models": ("m", "1", "a" * 64)}
+    graded_by = {"one-model": [("m", "1", "a" * 64)] * 2, "two-models": [("m", "1", "a" * 64)]}
+    graded_by["two-models"].append(("m", "2", "a" * 64))  # same file, new release
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO programmes (id, name, created_at) VALUES (:id, 'p', :now)"),
+            {"id": programme, "now": now},
+        )
+        for reference, (name, version, sha) in batches.items():
+            batch = uuid.uuid4().hex
+            connection.execute(
+                text(
+                    "INSERT INTO batches (id, programme_id, reference, state, image_count, "
+                    "model_name, model_version, model_sha256, created_at) VALUES "
+                    "(:id, :programme, :reference, 'completed', 2, :name, :version, :sha, :now)"
+                ),
+                {"id": batch, "programme": programme, "reference": reference, "now": now}
+                | {"name": name, "version": version, "sha": sha},
+            )
+            for index, (name, version, sha) in enumerate(graded_by[reference]):
+                image = uuid.uuid4().hex
+                connection.execute(
+                    text(
+                        "INSERT INTO images (id, batch_id, programme_id, sha256, storage_path, "
+                        "size_bytes, filename, state, attempts, created_at) VALUES (:id, :batch, "
+                        ":programme, :sha, 'x', 1, 'x.jpg', 'ungradable', 1, :now)"
+                    ),
+                    {"id": image, "batch": batch, "programme": programme, "now": now}
+                    | {"sha": f"{index:064x}"},
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO results (id, image_id, batch_id, gradable, "
+                        "referable_threshold, model_name, model_version, model_sha256, "
+                        "inference_ms, created_at) VALUES (:id, :image, :batch, false, 0.5, "
+                        ":name, :version, :sha, 1.0, :now)"
+                    ),
+                    {"id": uuid.uuid4().hex, "image": image, "batch": batch, "now": now}
+                    | {"name": name, "version": version, "sha": sha},
+                )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        mixed = dict(connection.execute(text("SELECT reference, models_mixed FROM batches")).all())
+    engine.dispose()
+    assert {reference: bool(flag) for reference, flag in mixed.items()} == {
+        "one-model": False,
+        "two-models": True,
+    }

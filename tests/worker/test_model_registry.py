@@ -53,11 +53,56 @@ def test_changing_the_served_model_between_batches_needs_no_code_change(
     one = client.get(first["links"]["self"], headers=auth).get_json()["model"]
     two = client.get(second["links"]["self"], headers=auth).get_json()["model"]
     manifest = runtime.model.manifest
-    assert (one["name"], one["version"]) == (manifest.name, manifest.version)
-    assert (two["name"], two["version"]) == ("screening-v2", "2.0.0")
+    assert (one["name"], one["version"], one["mixed"]) == (manifest.name, manifest.version, False)
+    assert (two["name"], two["version"], two["mixed"]) == ("screening-v2", "2.0.0", False)
     with sessions() as session:
         names = session.execute(select(Result.batch_id, Result.model_name)).all()
     assert {(str(b), n) for b, n in names} == {
         (first["id"], runtime.model.manifest.name),
         (second["id"], "screening-v2"),
     }
+
+
+def test_a_model_switched_mid_batch_marks_the_batch_mixed(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    runtime: WorkerRuntime,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    registry_model: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    batch = _submit(client, auth, [fundus_jpeg(grade=g, seed=10 + g) for g in (0, 2, 4)])
+    with sessions() as session:
+        ids = list(
+            session.scalars(
+                select(Image.id).where(Image.batch_id == uuid.UUID(batch["id"])).order_by(Image.id)
+            )
+        )
+    grade_images(runtime, ids[:1])
+    before = client.get(batch["links"]["self"], headers=auth).get_json()["model"]
+    assert before["mixed"] is False
+
+    registry = tmp_path / "models"
+    registry_model(registry, "screening-v3", version="3.0.0")
+    fields = settings.model_dump(exclude={"model_path"})
+    switched = Settings(**{**fields, "models_dir": registry, "model_name": "screening-v3"})
+    upgraded = WorkerRuntime(
+        switched, sessions, runtime.store, load_model(switched.model_file, batch_size=8)
+    )
+    grade_images(upgraded, ids[1:])
+
+    status = client.get(batch["links"]["self"], headers=auth).get_json()
+    manifest = runtime.model.manifest
+    # the first worker's model still names the batch; "mixed" says another one took part
+    assert status["model"] == {
+        "name": manifest.name,
+        "version": manifest.version,
+        "sha256": manifest.sha256,
+        "mixed": True,
+    }
+    rows = client.get(status["links"]["results"], headers=auth).get_json()["items"]
+    assert sorted(row["model"]["name"] for row in rows) == sorted(
+        [manifest.name, "screening-v3", "screening-v3"]
+    )
