@@ -18,6 +18,18 @@ from worker.model import load_model
 from worker.runtime import WorkerRuntime
 
 
+def _worker_serving(
+    name: str, version: str, runtime: WorkerRuntime, registry: Path, make: Callable[..., Path]
+) -> WorkerRuntime:
+    """A second worker, on the same database and store, serving registry model ``name``."""
+    make(registry, name, version=version)
+    fields = runtime.settings.model_dump(exclude={"model_path"})
+    switched = Settings(**{**fields, "models_dir": registry, "model_name": name})
+    assert switched.model_file == registry / name / "model.keras"
+    model = load_model(switched.model_file, batch_size=8)
+    return WorkerRuntime(switched, runtime.sessions, runtime.store, model)
+
+
 def _submit(client: FlaskClient, auth: dict[str, str], images: list[bytes]) -> dict:
     files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(images)]
     return client.post("/v1/batches", headers=auth, data={"images": files}).get_json()
@@ -28,7 +40,6 @@ def test_changing_the_served_model_between_batches_needs_no_code_change(
     auth: dict[str, str],
     fundus_jpeg: Callable[..., bytes],
     runtime: WorkerRuntime,
-    settings: Settings,
     sessions: sessionmaker[Session],
     registry_model: Callable[..., Path],
     tmp_path: Path,
@@ -39,12 +50,7 @@ def test_changing_the_served_model_between_batches_needs_no_code_change(
         grade_images(runtime, list(ids))
 
     registry = tmp_path / "models"
-    registry_model(registry, "screening-v2", version="2.0.0")
-    fields = settings.model_dump(exclude={"model_path"})
-    switched = Settings(**{**fields, "models_dir": registry, "model_name": "screening-v2"})
-    assert switched.model_file == registry / "screening-v2" / "model.keras"
-    model = load_model(switched.model_file, batch_size=8)
-    second_worker = WorkerRuntime(switched, sessions, runtime.store, model)
+    second_worker = _worker_serving("screening-v2", "2.0.0", runtime, registry, registry_model)
     second = _submit(client, auth, [fundus_jpeg(grade=3, seed=s) for s in (3, 4)])
     with sessions() as session:
         ids = session.scalars(select(Image.id).where(Image.batch_id == uuid.UUID(second["id"])))
@@ -68,7 +74,6 @@ def test_a_model_switched_mid_batch_marks_the_batch_mixed(
     auth: dict[str, str],
     fundus_jpeg: Callable[..., bytes],
     runtime: WorkerRuntime,
-    settings: Settings,
     sessions: sessionmaker[Session],
     registry_model: Callable[..., Path],
     tmp_path: Path,
@@ -85,12 +90,7 @@ def test_a_model_switched_mid_batch_marks_the_batch_mixed(
     assert before["mixed"] is False
 
     registry = tmp_path / "models"
-    registry_model(registry, "screening-v3", version="3.0.0")
-    fields = settings.model_dump(exclude={"model_path"})
-    switched = Settings(**{**fields, "models_dir": registry, "model_name": "screening-v3"})
-    upgraded = WorkerRuntime(
-        switched, sessions, runtime.store, load_model(switched.model_file, batch_size=8)
-    )
+    upgraded = _worker_serving("screening-v3", "3.0.0", runtime, registry, registry_model)
     grade_images(upgraded, ids[1:])
 
     status = client.get(batch["links"]["self"], headers=auth).get_json()
