@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from PIL import Image
 
 from common.manifest import ManifestError, ModelManifest, read_manifest
 from common.quality import MEASURES, QualityReport, QualityThresholds
@@ -113,11 +114,11 @@ def quality_eval(
     figures["seconds"] = round(time.perf_counter() - started, 1)
     figures["model"] = f"{manifest.name} {manifest.version}"
     if isinstance(source, QualityFolder):
+        if not figures["images"]:
+            raise click.ClickException(f"none of the {len(source)} files under {folder} decoded")
         figures.update(folder=str(folder), undecodable=source.undecodable)
     else:
         figures.update(per_kind=per_kind, seed=seed)
-    if not figures["images"]:
-        raise click.ClickException(f"none of the {len(source)} files under {folder} decoded")
     for line in _lines(figures, thresholds):
         click.echo(line)
     if json_path is not None:
@@ -143,7 +144,7 @@ def _open_folder(folder: Path, manifest: ModelManifest, settings: Settings) -> Q
     """The folder's images, decoded as the worker decodes them for this model."""
     preprocessor = manifest.preprocessor
 
-    def decode(data: bytes) -> Any:
+    def decode(data: bytes) -> Image.Image:
         return preprocessor.decode(data, max_pixels=settings.max_image_pixels)
 
     try:

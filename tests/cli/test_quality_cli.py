@@ -154,3 +154,11 @@ def test_quality_eval_refuses_what_it_cannot_use(
     result = CliRunner().invoke(cli, ["quality-eval", *[paths.get(a, a) for a in args]])
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_quality_eval_says_when_no_file_in_the_folder_decodes(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "gradable").mkdir(parents=True)
+    (tmp_path / "photos" / "gradable" / "a.jpg").write_bytes(b"not a photograph")
+    result = CliRunner().invoke(cli, ["quality-eval", "--folder", str(tmp_path / "photos")])
+    assert result.exit_code != 0
+    assert "none of the 1 files under" in result.output and "decoded" in result.output
