@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +91,36 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(default=1000, ge=1)
     max_metadata_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=120_000_000, ge=1)
+    decode_pixel_budget: int = Field(
+        default=0,
+        ge=0,
+        description="Pixels a worker may hold decoded at once across its decoder threads; "
+        "0 means twice max_image_pixels.",
+    )
+    max_json_bytes: int = Field(
+        default=64 * 1024, ge=256, description="Largest JSON request body the API reads."
+    )
+    public_url: str = Field(
+        default="",
+        description="The API's public base URL (https://host[:port]); links use it and "
+        "requests naming another host are refused. Empty: links follow the request's host.",
+    )
+    proxy_hops: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Reverse proxies in front of the API whose X-Forwarded-* headers to trust.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Seals pagination cursors; every API process needs the same one. The "
+        "embedded profile keeps a generated one under var_dir.",
+    )
+    sweep_grace_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Stored bytes that no row names are removed once older than this.",
+    )
     page_size_default: int = Field(default=100, ge=1)
     page_size_max: int = Field(default=1000, ge=1)
     status_retry_after_s: int = Field(default=5, ge=1)
