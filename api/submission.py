@@ -13,6 +13,7 @@ from api.errors import ApiError
 from api.quotas import enforce_quotas
 from api.state import ApiState
 from api.uploads import ImageMetadata, display_filename
+from common.blobs import place_spools, unplace
 from common.ids import uuid7
 from common.models import Batch, Image, ImageState, utcnow
 from common.queue import send_grading
@@ -31,7 +32,8 @@ def record_images(
     """Check quotas, move spooled uploads into the store and add their rows; the caller commits.
 
     Quotas are checked before any file is stored, and again under the programme's lock once
-    the rows are ready, which the caller's commit then releases.
+    the rows are ready; the bytes are placed only after that, under their blob locks
+    (:mod:`common.blobs`), all of which the caller's commit releases.
     """
     names = [display_filename(f.filename) for f in files]
     unmatched = sorted(set(metadata) - set(names))
@@ -46,9 +48,10 @@ def record_images(
     spools = [upload.stream for upload in files]
     if not all(isinstance(spool, HashingSpool) for spool in spools):
         raise TypeError("uploads must be spooled by StreamingRequest")
-    relatives = state.store.commit_all(spools)  # type: ignore[arg-type]
+    store = state.store
+    store.sync(spools)  # type: ignore[arg-type]  # the slow part, before any lock is taken
     rows = []
-    for spool, name, relative in zip(spools, names, relatives, strict=True):
+    for spool, name in zip(spools, names, strict=True):
         facts = metadata.get(name, ImageMetadata(None, None))
         rows.append(
             {
@@ -56,7 +59,7 @@ def record_images(
                 "batch_id": batch.id,
                 "programme_id": batch.programme_id,
                 "sha256": spool.sha256,
-                "storage_path": relative,
+                "storage_path": store.relative_path(spool.sha256),
                 "size_bytes": spool.size,
                 "filename": name,
                 "patient_id": facts.patient_id,
@@ -68,7 +71,15 @@ def record_images(
             }
         )
     enforce_quotas(session, state.settings, batch.programme_id, len(rows), now, lock=True)
-    session.execute(insert(Image), rows)  # one multi-row INSERT for the whole request
+    # Bytes go in place under their blob locks, after every check that could refuse the
+    # request, and in the transaction that inserts the rows naming them: a purge of
+    # identical bytes either finishes first or waits for this commit.
+    placed = place_spools(session, store, spools)  # type: ignore[arg-type]
+    try:
+        session.execute(insert(Image), rows)  # one multi-row INSERT for the whole request
+    except BaseException:
+        unplace(store, placed)
+        raise
     ids = [row["id"] for row in rows]
     # An SQL increment, so concurrent uploads into one open batch never lose a count.
     session.execute(

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.apikeys import create_programme, issue_api_key, revoke_api_key
+from common.blobs import sweep_orphans
 from common.db import engine_from_settings, make_sessionmaker
 from common.models import ApiKey, Programme, utcnow
 from common.retention import purge_older_than
@@ -39,18 +40,18 @@ def admin_session() -> Iterator[Session]:
 
 
 class _Age(click.ParamType):
-    """An age such as ``90d`` (days) or ``12h`` (hours), at least one unit."""
+    """An age such as ``90d`` (days), ``12h`` (hours) or ``30m`` (minutes), at least one unit."""
 
     name = "age"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, timedelta):
             return value
-        match = re.fullmatch(r"([0-9]+)([dh])", str(value).strip().lower())
+        match = re.fullmatch(r"([0-9]+)([dhm])", str(value).strip().lower())
         if match is None or int(match[1]) < 1:
-            self.fail(f"{value!r} is not an age like 90d or 12h", param, ctx)
-        amount = int(match[1])
-        return timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount)
+            self.fail(f"{value!r} is not an age like 90d, 12h or 30m", param, ctx)
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+        return timedelta(**{unit: int(match[1])})
 
 
 class _Limit(click.ParamType):
@@ -235,3 +236,28 @@ def purge(age: timedelta) -> None:
     click.echo(f"results deleted: {report.results_deleted}")
     click.echo(f"image files removed: {report.files_removed}")
     click.echo(f"image files kept (shared with other images): {report.files_kept}")
+
+
+@admin.command("sweep")
+@click.option(
+    "--grace",
+    type=_Age(),
+    help="Leave bytes younger than this alone, as an upload in flight may be about to name "
+    "them (default: RETINAQ_SWEEP_GRACE_S).",
+)
+def sweep(grace: timedelta | None) -> None:
+    """Remove stored image and heat-map bytes that no row names (what a crash left behind)."""
+    settings = get_settings()
+    grace_s = grace.total_seconds() if grace is not None else float(settings.sweep_grace_s)
+    engine = engine_from_settings(settings)
+    try:
+        assert_schema_at_head(engine)
+        report = sweep_orphans(make_sessionmaker(engine), ImageStore(settings.image_store), grace_s)
+    except SchemaNotAtHead as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        engine.dispose()
+    click.echo(f"stored objects older than {grace_s:g}s checked: {report.objects_checked}")
+    click.echo(f"unnamed objects removed: {report.objects_removed}")
+    click.echo(f"blob rows removed: {report.rows_removed}")
+    click.echo(f"abandoned upload spools removed: {report.spools_removed}")

@@ -115,7 +115,8 @@ def reconcile(once: bool, interval: float | None) -> None:
     """Re-send grading for work the broker lost; fail images out of attempts."""
     from common.db import make_sessionmaker
     from common.queue import make_celery
-    from common.reconciler import reconcile_once
+    from common.reconciler import OrphanSweeps, reconcile_once
+    from common.storage import ImageStore
 
     require_schema_at_head()
     settings = get_settings()
@@ -123,6 +124,7 @@ def reconcile(once: bool, interval: float | None) -> None:
     engine = engine_from_settings(settings)
     sessions = make_sessionmaker(engine)
     celery = make_celery(settings, name="retinaq-reconciler")
+    sweeps = OrphanSweeps(ImageStore(settings.image_store), settings.sweep_grace_s)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pause = interval if interval is not None else settings.reconcile_interval_s
@@ -136,6 +138,13 @@ def reconcile(once: bool, interval: float | None) -> None:
                         f"requeued={report.requeued} lease_expired={report.lease_expired} "
                         f"exhausted={report.exhausted} "
                         f"heatmaps_requested={report.heatmaps_requested}"
+                    )
+                swept = sweeps.run_if_due(sessions)
+                if once and swept is not None:
+                    click.echo(
+                        f"orphans_removed={swept.objects_removed} "
+                        f"blob_rows_removed={swept.rows_removed} "
+                        f"spools_removed={swept.spools_removed}"
                     )
             except Exception as error:  # a pass fails whole; the next one starts afresh
                 if once:

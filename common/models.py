@@ -162,6 +162,20 @@ class Batch(Base):
     completed_at: Mapped[OptionalTimestamp]
 
 
+class Blob(Base):
+    """Stored bytes, one row per SHA-256, shared by every image and heat map naming them.
+
+    The row is the lock that serialises adding a reference with removing the bytes
+    (:mod:`common.blobs`); it holds no count, so it can never drift from the references.
+    """
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[Sha256] = mapped_column(primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[Timestamp]
+
+
 class Image(Base):
     """One submitted photograph. The bytes live in the content-addressed store under ``sha256``."""
 
@@ -210,6 +224,7 @@ class Result(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "model_sha256", name="uq_results_image_id_model_sha256"),
         Index("ix_results_batch_id_grade", "batch_id", "grade"),
+        Index("ix_results_heatmap_sha256", "heatmap_sha256"),
         CheckConstraint("grade BETWEEN 0 AND 4", name="grade_range"),
         CheckConstraint(
             "(gradable AND grade IS NOT NULL AND referable IS NOT NULL)"

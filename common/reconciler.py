@@ -4,7 +4,9 @@ Each pass re-sends grading tasks for images that are ``queued`` but whose last s
 older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
 commit) and for images whose ``processing`` lease has expired (a worker killed with
 ``kill -9``); it also asks again, for a day, for heat maps that were asked for but never
-came (a heat-map task the broker lost), and drops expired idempotency keys. Duplicate
+came (a heat-map task the broker lost), and drops expired idempotency keys. Once per
+``sweep_grace_s`` it also sweeps the store for bytes that nothing names (:mod:`common.blobs`).
+Duplicate
 sends are harmless: a claim only takes pending images, the attempt number fences out a
 superseded claim, and a heat map is made once. Images out of attempts become ``failed``.
 """
@@ -12,6 +14,8 @@ superseded claim, and a heat map is made once. Images out of attempts become ``f
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +25,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.batch_progress import fail_exhausted, settle_finished_batches
+from common.blobs import SweepReport, sweep_orphans
 from common.models import (
     PENDING_IMAGE_STATES,
     IdempotencyKey,
@@ -31,6 +36,7 @@ from common.models import (
 )
 from common.queue import send_explaining, send_grading
 from common.settings import Settings
+from common.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,24 @@ def reconcile_once(
     if ids or exhausted_count or heatmaps:
         log.info("reconciler: %s", report)
     return report
+
+
+@dataclass
+class OrphanSweeps:
+    """The reconciler's sweeps of the store: a whole walk is too costly for every pass, so
+    one runs at start and then once per grace period (an orphan goes within two)."""
+
+    store: ImageStore
+    grace_s: float
+    last_at: float = -math.inf
+
+    def run_if_due(self, sessions: sessionmaker[Session]) -> SweepReport | None:
+        """Sweep when a grace period has passed since the last sweep; None otherwise."""
+        now = time.monotonic()
+        if now - self.last_at < self.grace_s:
+            return None
+        self.last_at = now
+        return sweep_orphans(sessions, self.store, self.grace_s)
 
 
 def _ask_again_for_heatmaps(

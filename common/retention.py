@@ -1,10 +1,12 @@
 """Retention: cancelling a batch's unfinished work, and purging batches with their image bytes.
 
-Rows are deleted in one transaction per batch. Image files are removed only after that
-transaction commits, and only those that no image row (in any batch, of any programme)
-still references, checked again after the commit: a rollback never leaves a row pointing
-at a missing file, and a crash between commit and removal leaves at worst an unreferenced
-file behind.
+Rows are deleted in one transaction per batch. In that same transaction the batch's
+blobs are locked and the bytes that no image or heat map (in any batch, of any programme)
+still names are removed, before the commit releases the locks (:mod:`common.blobs`): an
+upload of identical bytes racing the purge either commits first, and its image keeps the
+bytes, or waits, and finds them gone and puts them back. The bytes are only set aside
+until the commit, so a deletion that fails to commit leaves every row with its bytes; a
+crash after the commit leaves set-aside bytes for the sweeper.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from common.blobs import commit_release, release_blobs
 from common.models import (
     FINISHED_BATCH_STATES,
     PENDING_IMAGE_STATES,
@@ -28,7 +31,6 @@ from common.models import (
     Result,
     utcnow,
 )
-from common.queue import chunked
 from common.storage import ImageStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class CancelOutcome:
 
 @dataclass(frozen=True)
 class PurgeReport:
-    """What a purge removed; ``files_kept`` counts bytes another image still references."""
+    """What a purge removed; ``files_kept`` counts bytes another image or heat map still names."""
 
     batches_cancelled: int = 0
     images_cancelled: int = 0
@@ -99,11 +101,12 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> CancelOutcome:
 
 
 def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> PurgeReport:
-    """Cancel, then delete the batch's results, images and row; commit; then remove its files.
+    """Cancel, then delete the batch's results, images and row and the bytes nothing else
+    names; commit.
 
-    This commits the session, unlike most of ``common``: the files may go only once the
-    rows that point at them are gone for good. Anything the caller added to the session
-    beforehand (an audit event) commits with the deletion.
+    This commits the session, unlike most of ``common``, so that the blob locks taken for
+    the bytes are held no longer than the deletion. Anything the caller added to the
+    session beforehand (an audit event) commits with the deletion.
     """
     outcome = cancel_batch(session, batch_id)
     results = session.execute(
@@ -124,18 +127,18 @@ def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> Pur
         .returning(Batch.id)
         .execution_options(synchronize_session=False)
     ).all()
-    session.commit()
-    removed, kept = _remove_unreferenced_files(session, store, dict(images))
-    heatmaps = {sha: store.relative_path(sha) for _, sha in results if sha is not None}
-    removed += _remove_unreferenced_files(session, store, heatmaps)[0]
+    image_shas = {sha for sha, _ in images}
+    heatmap_shas = {sha for _, sha in results if sha is not None}
+    released = release_blobs(session, store, image_shas | heatmap_shas)
+    commit_release(session, store, released)
     return PurgeReport(
         batches_cancelled=int(outcome.batch_cancelled),
         images_cancelled=outcome.images_cancelled,
         batches_deleted=len(batches),
         images_deleted=len(images),
         results_deleted=len(results),
-        files_removed=removed,
-        files_kept=kept,
+        files_removed=released.removed,
+        files_kept=released.kept,
     )
 
 
@@ -153,30 +156,3 @@ def purge_older_than(session: Session, store: ImageStore, cutoff: datetime) -> P
     for batch_id in batch_ids:
         report += purge_batch(session, store, batch_id)
     return report
-
-
-def _remove_unreferenced_files(
-    session: Session, store: ImageStore, files: dict[str, str]
-) -> tuple[int, int]:
-    """Remove the files (sha256 → storage path) no image or heat map references any more;
-    returns (removed, kept)."""
-    still_used: set[str] = set()
-    for shas in chunked(sorted(files), _SHA_CHUNK):
-        # Uploads and heat maps share one content-addressed store: a file stays while
-        # either kind of row still names it.
-        for column in (Image.sha256, Result.heatmap_sha256):
-            still_used.update(session.scalars(select(column).where(column.in_(shas)).distinct()))
-    session.commit()
-    removed = 0
-    for sha, relative in files.items():
-        if sha in still_used:
-            continue
-        try:
-            store.path_for(relative).unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as error:
-            # The rows are already gone; an unremovable file is a leak to report, not a failure.
-            log.warning("could not remove stored file %s: %s", relative, error)
-    return removed, len(still_used)

@@ -2,14 +2,20 @@
 
 Uploads stream into a temporary file in the store while being hashed, then are renamed
 into place, so a partial upload is never visible and identical images share one file.
+Whether shared bytes may be placed or removed is decided under a database row lock, in
+:mod:`common.blobs`, never from what the file system shows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,13 +75,28 @@ class HashingSpool:
         self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One file in the store, as the orphan sweeper sees it."""
+
+    sha256: str
+    relative: str
+    modified_at: float
+
+
 class ImageStore:
-    """A directory of immutable files named by their SHA-256."""
+    """A directory of immutable files named by their SHA-256.
+
+    Putting bytes in place and removing them are only safe under the blob's row lock
+    (:mod:`common.blobs`): the store itself never decides whether bytes are still wanted.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
+        self.trash_dir = root / "trash"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
 
     def relative_path(self, sha256: str) -> str:
         """Fan out over two directory levels so no directory grows huge."""
@@ -92,15 +113,19 @@ class ImageStore:
         """A new temporary file to stream an upload into."""
         return HashingSpool(self)
 
-    def commit(self, spool: HashingSpool) -> str:
-        """Move one finished spool into place under its hash; returns the relative path."""
-        return self.commit_all([spool])[0]
+    def spool_bytes(self, data: bytes) -> HashingSpool:
+        """Small bytes made here (a heat map), spooled and made durable, ready to place."""
+        spool = self.spool()
+        spool.write(data)
+        self.sync([spool])
+        return spool
 
-    def commit_all(self, spools: list[HashingSpool]) -> list[str]:
-        """Make finished spools durable, then move each into place under its hash.
+    def sync(self, spools: list[HashingSpool]) -> None:
+        """Make finished spools durable before anything refers to them.
 
         The fsyncs run concurrently (they release the GIL and the device overlaps them), so
-        a 64-image upload waits for the disk about once rather than 64 times in a row.
+        a 64-image upload waits for the disk about once rather than 64 times in a row. This
+        is the slow part, so it runs before the caller takes any lock.
         """
         for spool in spools:
             spool.flush()
@@ -109,26 +134,94 @@ class ImageStore:
                 list(pool.map(lambda s: os.fsync(s.fileno()), spools))
         elif spools:
             os.fsync(spools[0].fileno())
-        relatives = []
-        for spool in spools:
-            spool.close()
-            relative = self.relative_path(spool.sha256)
-            final = self.root / relative
-            if final.exists():
-                spool.discard()
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(spool.path, final)
-            relatives.append(relative)
-        return relatives
 
-    def put(self, data: bytes) -> str:
-        """Store small bytes made here (a heat map) under their hash; returns the hash."""
-        spool = self.spool()
-        spool.write(data)
-        self.commit(spool)
-        return spool.sha256
+    def place(self, spool: HashingSpool) -> bool:
+        """Move a synced spool into place under its hash; False when the bytes were there.
+
+        Call it holding the blob's row lock: a file found present is only still present
+        afterwards because no purge can remove it until that lock is released.
+        """
+        spool.close()
+        final = self.root / self.relative_path(spool.sha256)
+        if final.exists():
+            spool.discard()
+            return False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(spool.path, final)
+        return True
+
+    def commit(self, spool: HashingSpool) -> str:
+        """Sync and place one spool with no lock; for tools working on a private store."""
+        self.sync([spool])
+        self.place(spool)
+        return self.relative_path(spool.sha256)
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the bytes with this hash are in the store."""
+        return (self.root / self.relative_path(sha256)).exists()
+
+    def remove(self, sha256: str) -> bool:
+        """Delete stored bytes (under the blob's row lock); False when already absent."""
+        try:
+            self.path_for(self.relative_path(sha256)).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def trash(self, sha256: str) -> Path | None:
+        """Move stored bytes aside (under the blob's row lock), to be emptied once the
+        deletion commits or put back if it does not; None when already absent."""
+        aside = self.trash_dir / f"{sha256}.{uuid.uuid4().hex}"
+        try:
+            os.replace(self.path_for(self.relative_path(sha256)), aside)
+        except FileNotFoundError:
+            return None
+        os.utime(aside)  # its age now says when it was trashed, for the sweeper's grace
+        return aside
+
+    def restore(self, sha256: str, aside: Path) -> None:
+        """Put trashed bytes back; identical bytes placed meanwhile are simply replaced."""
+        final = self.root / self.relative_path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(aside, final)
 
     def read(self, relative: str) -> bytes:
         """The stored bytes."""
         return self.path_for(relative).read_bytes()
+
+    def objects(self) -> Iterator[StoredObject]:
+        """Every stored object, for the orphan sweeper; temporary spools are not listed."""
+        for first in sorted(self.root.iterdir()):
+            if not (first.is_dir() and _is_fan(first.name)):
+                continue
+            for second in sorted(first.iterdir()):
+                if not (second.is_dir() and _is_fan(second.name)):
+                    continue
+                for entry in sorted(second.iterdir()):
+                    if _SHA256.fullmatch(entry.name) and entry.is_file():
+                        yield StoredObject(
+                            entry.name,
+                            self.relative_path(entry.name),
+                            entry.stat().st_mtime,
+                        )
+
+    def remove_stale_temporaries(self, older_than: float) -> int:
+        """Delete spools and trashed bytes last written before ``older_than``: what a crashed
+        upload left, or a deletion that committed and died before emptying its trash."""
+        removed = 0
+        for folder in (self.tmp_dir, self.trash_dir):
+            for entry in folder.iterdir():
+                try:
+                    if entry.is_file() and entry.stat().st_mtime < older_than:
+                        entry.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_fan(name: str) -> bool:
+    return len(name) == 2 and all(ch in "0123456789abcdef" for ch in name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select, update
 
+from common.blobs import commit_release, lock_blobs, release_blobs, unplace
 from common.heatmaps import render_overlay
 from common.imaging import ImageDecodeError
 from common.models import Image, Result
@@ -57,11 +58,11 @@ def explain_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
     inputs = np.stack([preprocessor.model_input(square) for square in squares])
     heat = runtime.gradcam.heatmaps(preprocessor.normalise(inputs))
     # Drawn on the photograph as a person sees it, not on a Ben Graham model's input.
-    stored = {
-        item.result_id: runtime.store.put(render_overlay(square, heatmap))
+    overlays = {
+        item.result_id: render_overlay(square, heatmap)
         for item, square, heatmap in zip(ready, squares, heat, strict=True)
     }
-    return with_db_retry(lambda: _record(runtime, stored), budget_s=budget)
+    return with_db_retry(lambda: _record(runtime, overlays), budget_s=budget)
 
 
 def _wanted(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> list[Wanted]:
@@ -80,14 +81,40 @@ def _wanted(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> list[Wanted]:
     return [Wanted(*row) for row in rows]
 
 
-def _record(runtime: WorkerRuntime, stored: dict[uuid.UUID, str]) -> int:
-    written = 0
-    with runtime.sessions.begin() as session:
-        for result_id, sha256 in stored.items():
-            written += session.execute(
-                update(Result)
-                .where(Result.id == result_id, Result.heatmap_sha256.is_(None))
-                .values(heatmap_sha256=sha256)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-    return written
+def _record(runtime: WorkerRuntime, overlays: dict[uuid.UUID, bytes]) -> int:
+    """Store the overlays and name them on their results, in one transaction.
+
+    The bytes go in place under their blob locks and only for results still there and
+    still without a heat map, so a purge racing this write neither loses a heat map a
+    result names nor leaves behind one that no result names.
+    """
+    store = runtime.store
+    spools = {result_id: store.spool_bytes(png) for result_id, png in overlays.items()}
+    placed: list[str] = []
+    try:
+        with runtime.sessions() as session:
+            try:
+                lock_blobs(session, {spool.sha256: spool.size for spool in spools.values()})
+                written = 0
+                unnamed: set[str] = set()
+                for result_id, spool in spools.items():
+                    named = session.execute(
+                        update(Result)
+                        .where(Result.id == result_id, Result.heatmap_sha256.is_(None))
+                        .values(heatmap_sha256=spool.sha256)
+                        .execution_options(synchronize_session=False)
+                    ).rowcount
+                    if not named:
+                        unnamed.add(spool.sha256)  # purged meanwhile, or made by another worker
+                    elif store.place(spool):
+                        placed.append(spool.sha256)
+                    written += named
+                release = release_blobs(session, store, unnamed)
+            except BaseException:
+                unplace(store, placed)  # the locks are still held: nothing has rolled back
+                raise
+            commit_release(session, store, release)
+            return written
+    finally:
+        for spool in spools.values():
+            spool.discard()

@@ -241,10 +241,10 @@ def test_the_locked_final_check_catches_a_concurrent_submission(
         other = Batch(programme_id=programme_id, state=BatchState.QUEUED, image_count=2)
         session.add(other)
     store = app.extensions["retinaq"].store
-    real_commit = store.commit_all
+    real_sync = store.sync
     raced: list[bool] = []
 
-    def commit_while_another_request_lands(spools: list[Any]) -> list[str]:
+    def sync_while_another_request_lands(spools: list[Any]) -> None:
         if not raced:
             raced.append(True)
             with sessions.begin() as session:
@@ -262,9 +262,9 @@ def test_the_locked_final_check_catches_a_concurrent_submission(
                             attempts=0,
                         )
                     )
-        return real_commit(spools)
+        real_sync(spools)
 
-    monkeypatch.setattr(store, "commit_all", commit_while_another_request_lands)
+    monkeypatch.setattr(store, "sync", sync_while_another_request_lands)
     refused = client.post("/v1/batches", headers=auth, data={"images": _files(fundus_jpeg, 2)})
     assert raced == [True]
     assert refused.status_code == 429
@@ -275,6 +275,9 @@ def test_the_locked_final_check_catches_a_concurrent_submission(
             "concurrent1.jpg",
         ]
         assert session.scalar(select(func.count()).select_from(Batch)) == 1
+    # Refused after the pre-check: none of its bytes were put in the store.
+    assert list(store.objects()) == []
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 def test_a_request_larger_than_the_quota_itself_is_422_not_an_endless_429(

@@ -70,7 +70,7 @@ def test_create_key_with_expiry_in_hours_and_without(
 def test_bad_durations_are_refused(run: Callable[..., Result], bad: str) -> None:
     result = run("admin", "create-programme", "Van 5", "--expires-in", bad)
     assert result.exit_code == 2
-    assert "is not an age like 90d or 12h" in result.output
+    assert "is not an age like 90d, 12h or 30m" in result.output
 
 
 def test_list_keys_shows_expiry_and_state(
