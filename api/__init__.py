@@ -8,6 +8,7 @@ from flask import Blueprint, Flask, request
 
 from api import batches, health, images, models_registry, retention
 from api.auth import authenticate
+from api.cursors import cursor_sealer
 from api.errors import register_error_handlers
 from api.idempotency import begin_idempotent_request, finish_idempotent_request
 from api.request_ids import assign_request_id, echo_request_id
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> Flask:
     engine = engine_from_settings(settings)
     try:
         assert_schema_at_head(engine)
+        cursors = cursor_sealer(settings)  # fails fast without RETINAQ_SECRET_KEY in production
     except Exception:
         engine.dispose()
         raise
@@ -43,6 +45,7 @@ def create_app(settings: Settings) -> Flask:
         sessions=make_sessionmaker(engine),
         store=ImageStore(settings.image_store),
         celery=make_celery(settings, name="retinaq-api"),
+        cursors=cursors,
     )
 
     v1 = Blueprint("v1", __name__, url_prefix="/v1")

@@ -35,6 +35,9 @@ from common.patients import EyeImage, roll_up
 bp = Blueprint("batches", __name__)
 
 MAX_REFERENCE_LENGTH = 200
+# Each listing seals its cursors under its endpoint's name, so no other listing accepts them.
+_BATCHES = "v1.batches.list_batches"
+_PATIENTS = "v1.batches.list_patients"
 _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
@@ -197,14 +200,14 @@ def list_batches() -> Response:
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
     )
-    rows = scope().batches_page(decode_cursor(request.args.get("cursor")), limit)
+    rows = scope().batches_page(decode_cursor(request.args.get("cursor"), _BATCHES), limit)
     page, more = rows[:limit], len(rows) > limit
     links = {"self": self_url()}
     if more:
         links["next"] = url_for(
             "v1.batches.list_batches",
             limit=limit,
-            cursor=encode_cursor(page[-1].id),
+            cursor=encode_cursor(page[-1].id, _BATCHES),
             _external=True,
         )
     return jsonify({"items": [batch_brief(b) for b in page], "links": links})
@@ -215,7 +218,7 @@ def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any, audit_action
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
     )
-    after = decode_cursor(request.args.get("cursor"))
+    after = decode_cursor(request.args.get("cursor"), endpoint, batch_id)
     batch = _owned_batch(batch_id)
     rows = scope().images_page(batch, after, limit)
     page, more = rows[:limit], len(rows) > limit
@@ -228,7 +231,7 @@ def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any, audit_action
             endpoint,
             batch_id=batch.id,
             limit=limit,
-            cursor=encode_cursor(page[-1][0].id),
+            cursor=encode_cursor(page[-1][0].id, endpoint, batch.id),
             _external=True,
         )
     response = jsonify(
@@ -260,7 +263,7 @@ def list_patients(batch_id: uuid.UUID) -> Response:
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
     )
-    after = decode_text_cursor(request.args.get("cursor"))
+    after = decode_text_cursor(request.args.get("cursor"), _PATIENTS, batch_id)
     batch = _owned_batch(batch_id)
     patient_ids, rows = scope().patients_page(batch, after, limit)
     by_patient: dict[str, list[EyeImage]] = {p: [] for p in patient_ids[:limit]}
@@ -283,7 +286,7 @@ def list_patients(batch_id: uuid.UUID) -> Response:
             "v1.batches.list_patients",
             batch_id=batch.id,
             limit=limit,
-            cursor=encode_text_cursor(patient_ids[limit - 1]),
+            cursor=encode_text_cursor(patient_ids[limit - 1], _PATIENTS, batch.id),
             _external=True,
         )
     items = [patient_row(roll_up(p, images)) for p, images in by_patient.items()]

@@ -1,53 +1,56 @@
-"""Opaque keyset cursors: the last id seen, base64url-encoded so clients do not build them."""
+"""Keyset pagination: sealed cursors (``api.cursors``) for each listing, and the page size."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import uuid
 
+from api.cursors import InvalidCursor
 from api.errors import ApiError
-
-_CURSOR_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def encode_cursor(last_id: uuid.UUID) -> str:
-    """An opaque cursor after ``last_id``."""
-    return base64.urlsafe_b64encode(last_id.bytes).decode().rstrip("=")
+from api.state import api_state
 
 
-def decode_cursor(cursor: str | None) -> uuid.UUID | None:
-    """The id a cursor points after; 400 for anything we did not issue."""
+def _invalid() -> ApiError:
+    return ApiError(400, "invalid_cursor", "the cursor is not valid; start again without one")
+
+
+def encode_cursor(last_id: uuid.UUID, listing: str, batch_id: uuid.UUID | None = None) -> str:
+    """A cursor after ``last_id`` that only ``listing`` (of ``batch_id``) accepts."""
+    return api_state().cursors.seal(last_id.bytes, listing, batch_id)
+
+
+def decode_cursor(
+    cursor: str | None, listing: str, batch_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
+    """The id a cursor points after; 400 for anything not issued by ``listing``."""
     if not cursor:
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if len(raw) != 16:
-            raise ValueError("wrong length")
-        return uuid.UUID(bytes=raw)
-    except (ValueError, binascii.Error) as exc:
-        raise ApiError(400, "invalid_cursor", "the cursor is not valid") from exc
+        raw = api_state().cursors.open(cursor, listing, batch_id)
+    except InvalidCursor as exc:
+        raise _invalid() from exc
+    if len(raw) != 16:
+        raise _invalid()
+    return uuid.UUID(bytes=raw)
 
 
-def encode_text_cursor(last: str) -> str:
-    """An opaque cursor after a text key (a patient id)."""
-    return base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
+def encode_text_cursor(last: str, listing: str, batch_id: uuid.UUID | None = None) -> str:
+    """A cursor after a text key (a patient id); sealed, so the key never shows in a URL."""
+    return api_state().cursors.seal(last.encode(), listing, batch_id)
 
 
-def decode_text_cursor(cursor: str | None) -> str | None:
-    """The text key a cursor points after; 400 for anything we did not issue."""
+def decode_text_cursor(
+    cursor: str | None, listing: str, batch_id: uuid.UUID | None = None
+) -> str | None:
+    """The text key a cursor points after; 400 for anything not issued by ``listing``."""
     if not cursor:
         return None
     try:
-        if not _CURSOR_ALPHABET.fullmatch(cursor):
-            raise ValueError("not base64url")
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not value:
-            raise ValueError("empty")
-        return value
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_cursor", "the cursor is not valid") from exc
+        value = api_state().cursors.open(cursor, listing, batch_id).decode()
+    except (InvalidCursor, UnicodeDecodeError) as exc:
+        raise _invalid() from exc
+    if not value:
+        raise _invalid()
+    return value
 
 
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:

@@ -9,6 +9,7 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.cursors import CursorSealer
 from common.settings import Settings
 from common.storage import ImageStore
 
@@ -22,6 +23,7 @@ class ApiState:
     sessions: sessionmaker[Session]
     store: ImageStore
     celery: Celery
+    cursors: CursorSealer
 
 
 def api_state() -> ApiState:

@@ -525,6 +525,7 @@ def bench(
             "RETINAQ_MODEL_PATH": str(model_path),
             "RETINAQ_GRADING_BATCH_SIZE": str(batch_size),
             "RETINAQ_LOG_LEVEL": "INFO",
+            "RETINAQ_SECRET_KEY": os.urandom(32).hex(),
             "RETINAQ_DEFAULT_MAX_PENDING_IMAGES": str(10 * (count + poll_rows)),
             "RETINAQ_DEFAULT_MAX_IMAGES_PER_MINUTE": str(10 * (count + poll_rows)),
         }

@@ -2,7 +2,8 @@
 
 Both dialects the project runs on are tuned here once: SQLite (embedded profile) gets WAL
 and a busy timeout so the API and a worker can write concurrently; PostgreSQL gets
-pre-ping so a restarted server is survived.
+pre-ping so a restarted server is survived. Every engine hides bound parameters from its
+error messages: they hold patient ids and filenames, and errors end up in logs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from common.settings import Settings
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the project's per-dialect tuning."""
+    """Create an engine with the project's per-dialect tuning; parameters never reach logs."""
+    kwargs = {**kwargs, "hide_parameters": True}
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)

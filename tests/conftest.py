@@ -138,6 +138,7 @@ def settings(
         task_size=8,
         batch_wait_ms=0,  # tests grade exactly the ids they name; gathering has its own test
         model_path=bundled_model_path,
+        secret_key="test-secret-key-for-sealing-cursors",
     )
 
 

@@ -277,6 +277,7 @@ def stack(
         "RETINAQ_MAX_ATTEMPTS": "20",
         "RETINAQ_DB_RETRY_S": "90",
         "RETINAQ_STATUS_RETRY_AFTER_S": "1",
+        "RETINAQ_SECRET_KEY": "reliability-secret-key-for-cursors",
         "PYTHONUNBUFFERED": "1",
     }
     logs = tmp_path / "logs"

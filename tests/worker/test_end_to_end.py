@@ -51,6 +51,7 @@ def live_stack(
         "RETINAQ_GRADING_BATCH_SIZE": "8",
         "RETINAQ_TASK_SIZE": "8",
         "RETINAQ_STATUS_RETRY_AFTER_S": "1",
+        "RETINAQ_SECRET_KEY": "end-to-end-secret-key-for-cursors",
         "PYTHONUNBUFFERED": "1",
     }
     port = _free_port()
