@@ -139,7 +139,8 @@ def commit_release(session: Session, store: ImageStore, release: Release) -> Non
 
 @dataclass(frozen=True)
 class SweepReport:
-    """What one sweep of the store found and removed."""
+    """What one sweep found and removed; ``rows_removed`` counts rows that nothing named,
+    other than those of the removed objects."""
 
     objects_checked: int = 0
     objects_removed: int = 0
@@ -172,7 +173,6 @@ def sweep_orphans(
                 outcome = release_blobs(session, store, candidates)
                 commit_release(session, store, outcome)
             removed += outcome.removed
-            rows += outcome.rows_deleted
     # Rows that nothing names: bytes a crash left between a deletion's commit and their
     # removal, or a heat map whose result was purged before it was recorded.
     with sessions() as session:

@@ -127,3 +127,53 @@ def test_0005_marks_batches_already_graded_by_two_models(
         "one-model": False,
         "two-models": True,
     }
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0006_gives_every_stored_image_and_heat_map_a_blob_row(
+    backend: str, empty_database: str, tmp_path
+) -> None:
+    url = empty_database if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0005")
+    engine = create_engine(url)
+    programme, batch, now = uuid.uuid4().hex, uuid.uuid4().hex, "2026-11-26 00:00:00"
+    shared, heatmap = "a" * 64, "b" * 64
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO programmes (id, name, created_at) VALUES (:id, 'p', :now)"),
+            {"id": programme, "now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO batches (id, programme_id, state, image_count, created_at) "
+                "VALUES (:id, :programme, 'completed', 2, :now)"
+            ),
+            {"id": batch, "programme": programme, "now": now},
+        )
+        for size in (10, 12):  # identical bytes submitted twice
+            image = uuid.uuid4().hex
+            connection.execute(
+                text(
+                    "INSERT INTO images (id, batch_id, programme_id, sha256, storage_path, "
+                    "size_bytes, filename, state, attempts, created_at) VALUES (:id, :batch, "
+                    ":programme, :sha, 'x', :size, 'x.jpg', 'graded', 1, :now)"
+                ),
+                {"id": image, "batch": batch, "programme": programme, "sha": shared}
+                | {"size": size, "now": now},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO results (id, image_id, batch_id, gradable, grade, referable, "
+                "referable_threshold, model_name, model_version, model_sha256, heatmap_sha256, "
+                "inference_ms, created_at) VALUES (:id, :image, :batch, true, 4, true, 0.5, "
+                "'m', '1', :model, :heatmap, 1.0, :now)"
+            ),
+            {"id": uuid.uuid4().hex, "image": image, "batch": batch, "model": "c" * 64}
+            | {"heatmap": heatmap, "now": now},
+        )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        blobs = dict(connection.execute(text("SELECT sha256, size_bytes FROM blobs")).all())
+    engine.dispose()
+    assert blobs == {shared: 12, heatmap: 0}
