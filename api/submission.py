@@ -9,10 +9,9 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api.errors import ApiError
 from api.quotas import enforce_quotas
 from api.state import ApiState
-from api.uploads import ImageMetadata, display_filename
+from api.uploads import ImageMetadata, display_filename, match_metadata
 from common.blobs import place_spools, unplace
 from common.ids import uuid7
 from common.models import Batch, Image, ImageState, utcnow
@@ -36,13 +35,7 @@ def record_images(
     (:mod:`common.blobs`), all of which the caller's commit releases.
     """
     names = [display_filename(f.filename) for f in files]
-    unmatched = sorted(set(metadata) - set(names))
-    if unmatched:
-        raise ApiError(
-            422,
-            "metadata_unmatched",
-            f"metadata lists files not in this request: {', '.join(unmatched[:10])}",
-        )
+    matched = match_metadata(metadata, names)
     now = utcnow()
     enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
     spools = [upload.stream for upload in files]
@@ -52,7 +45,7 @@ def record_images(
     store.sync(spools)  # type: ignore[arg-type]  # the slow part, before any lock is taken
     rows = []
     for spool, name in zip(spools, names, strict=True):
-        facts = metadata.get(name, ImageMetadata(None, None))
+        facts = matched.get(name, ImageMetadata(None, None))
         rows.append(
             {
                 "id": uuid7(),

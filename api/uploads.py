@@ -2,7 +2,8 @@
 
 Werkzeug asks the request for a file object per uploaded part; ours writes into a
 temporary file inside the content-addressed store, so an image is never held whole in
-memory and is never copied twice.
+memory and is never copied twice. Each image keeps the path its client sent, relative to
+the folder submitted (``common.filenames``), and metadata rows are matched against it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import csv
 import io
 import unicodedata
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import IO, Any
 
 from flask import Request, current_app
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
 from api.errors import ApiError
+from common.filenames import relative_path, resolve_rows
 from common.storage import HashingSpool, ImageStore
 
-MAX_FILENAME_LENGTH = 255
+MAX_PATIENT_ID_LENGTH = 128
 METADATA_COLUMNS = ("filename", "patient_id", "laterality")
 _LATERALITY = {"l": "L", "left": "L", "os": "L", "r": "R", "right": "R", "od": "R"}
 
@@ -59,10 +61,31 @@ class StreamingRequest(Request):
         self.spools.append(spool)
         return spool  # type: ignore[return-value]
 
+    def make_form_data_parser(self) -> FormDataParser:
+        """Werkzeug's parser, made loud: by default a malformed body reads as an empty form."""
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except ValueError as exc:
+            raise ApiError(400, "invalid_multipart", _multipart_problem(exc)) from exc
+
     def discard_spools(self) -> None:
         """Delete temporary files that were not committed into the store."""
         for spool in getattr(self, "spools", []):
             spool.discard()
+
+
+def _multipart_problem(exc: ValueError) -> str:
+    """What was wrong with the body, naming the part when its headers are not UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        # Werkzeug decodes part headers as UTF-8 and, silently, drops the whole form on failure.
+        header = exc.object.decode("utf-8", "backslashreplace")[:300]
+        return f"a multipart part's headers are not UTF-8 ({header}); send filenames as UTF-8"
+    return f"the multipart body is malformed: {exc}"
 
 
 @dataclass(frozen=True)
@@ -74,11 +97,25 @@ class ImageMetadata:
 
 
 def display_filename(raw: str | None) -> str:
-    """The client's filename reduced to a safe display name (never used as a path)."""
-    name = (raw or "").replace("\\", "/")
-    name = PurePosixPath(name).name if "/" in name else name
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
-    return (name or "unnamed")[:MAX_FILENAME_LENGTH]
+    """The client's relative path as a safe name and metadata key (never a path on disk)."""
+    return relative_path(raw)
+
+
+def match_metadata(
+    metadata: dict[str, ImageMetadata], names: list[str]
+) -> dict[str, ImageMetadata]:
+    """Each uploaded name's metadata; 422 for a row naming no file, or more than one."""
+    resolution = resolve_rows(metadata, names)
+    if resolution.ambiguous:
+        raise ApiError(422, "metadata_ambiguous", "; ".join(resolution.ambiguous[:5]))
+    if resolution.unmatched:
+        raise ApiError(
+            422,
+            "metadata_unmatched",
+            "metadata lists files not in this request: "
+            + ", ".join(sorted(resolution.unmatched)[:10]),
+        )
+    return {name: metadata[key] for name, key in resolution.matches.items()}
 
 
 def parse_metadata_csv(data: bytes) -> dict[str, ImageMetadata]:
@@ -120,8 +157,16 @@ def _metadata_row(
     if filename in seen:
         raise ApiError(422, "invalid_metadata", f"line {line}: {filename!r} is listed twice")
     patient_id = (row.get("patient_id") or "").strip() or None
-    if patient_id is not None and len(patient_id) > 128:
-        raise ApiError(422, "invalid_metadata", f"line {line}: patient_id exceeds 128 characters")
+    if patient_id is not None and len(patient_id) > MAX_PATIENT_ID_LENGTH:
+        raise ApiError(
+            422,
+            "invalid_metadata",
+            f"line {line}: patient_id exceeds {MAX_PATIENT_ID_LENGTH} characters",
+        )
+    if patient_id is not None and any(unicodedata.category(ch) == "Cc" for ch in patient_id):
+        raise ApiError(
+            422, "invalid_metadata", f"line {line}: patient_id contains control characters"
+        )
     raw_side = (row.get("laterality") or "").strip().lower()
     laterality = _LATERALITY.get(raw_side) if raw_side else None
     if raw_side and laterality is None:

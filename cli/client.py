@@ -1,7 +1,10 @@
 """HTTP client for the v1 API, used by ``retinaq submit/status/results`` and the demo.
 
-It follows the links the API returns instead of building URLs, streams files from disk
-in chunks, and honours ``Retry-After`` while waiting.
+It follows the links the API returns instead of building URLs, but only within the
+origin it was given: its API key never goes to a host a ``Location`` header or a link
+names (a reflected ``Host`` header could point those anywhere). It streams files from
+disk in chunks, naming each by its path relative to the folder given, and honours
+``Retry-After`` while waiting.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from typing import Any
 
 import httpx
 
+from cli.csv_export import metadata_csv, write_spreadsheet_csv
+from common.filenames import relative_path, resolve_rows
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
 FINISHED = {"completed", "completed_with_errors"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 RESULT_COLUMNS = (
     "image_id",
     "filename",
@@ -43,12 +50,24 @@ RESULT_COLUMNS = (
 
 
 class ApiClientError(RuntimeError):
-    """The API answered with an error; carries its code and message."""
+    """The API answered with an error (or pointed elsewhere); carries its code and message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status = status
         self.code = code
+
+
+class MetadataError(ValueError):
+    """The metadata CSV cannot be applied to the files found; nothing was uploaded."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A file to upload and the name the API will know it by (its path in the folder given)."""
+
+    path: Path
+    name: str
 
 
 @dataclass(frozen=True)
@@ -60,43 +79,56 @@ class Submission:
     image_count: int
 
 
-def find_images(paths: list[Path]) -> list[Path]:
-    """Files given directly, plus image files found recursively in given folders, sorted."""
-    found: list[Path] = []
+def find_images(paths: list[Path]) -> list[ImageFile]:
+    """Image files given directly (named by name) or found in folders (by path inside them).
+
+    Paths keep folder-per-patient trees apart: ``P001/left.jpg`` is not ``P002/left.jpg``.
+    """
+    found: list[ImageFile] = []
     for path in paths:
         if path.is_dir():
             found.extend(
-                p
+                ImageFile(p, relative_path(p.relative_to(path).as_posix()))
                 for p in sorted(path.rglob("*"))
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
         elif path.is_file():
-            found.append(path)
+            found.append(ImageFile(path, relative_path(path.name)))
         else:
             raise FileNotFoundError(f"{path} does not exist")
     return found
 
 
 def metadata_rows(csv_path: Path | None) -> dict[str, dict[str, str]]:
-    """The metadata CSV keyed by filename, so each upload chunk carries only its own rows."""
+    """The metadata CSV keyed by its (normalised) filename column, as the API will read it."""
     if csv_path is None:
         return {}
+    rows: dict[str, dict[str, str]] = {}
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        return {row["filename"]: row for row in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        if "filename" not in (reader.fieldnames or []):
+            raise MetadataError(f"{csv_path} line 1: metadata needs a 'filename' column")
+        for row in reader:
+            key = relative_path(row["filename"])
+            if key in rows:
+                raise MetadataError(f"{csv_path} line {reader.line_num}: {key!r} is listed twice")
+            rows[key] = row
+    return rows
 
 
-def _metadata_csv(rows: list[dict[str, str]]) -> str:
-    lines = ["filename,patient_id,laterality"]
-    for row in rows:
-        fields = [row.get("filename", ""), row.get("patient_id", ""), row.get("laterality", "")]
-        lines.append(",".join(_csv_field(f or "") for f in fields))
-    return "\n".join(lines) + "\n"
+def resolve_metadata(
+    rows: dict[str, dict[str, str]], files: list[ImageFile]
+) -> dict[str, dict[str, str]]:
+    """Each file's metadata row, keyed and renamed by the file's upload name.
 
-
-def _csv_field(value: str) -> str:
-    if any(ch in value for ch in ',"\n\r'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+    Resolved over the whole submission, by the API's own rule, before anything is sent:
+    an upload in chunks must not let a bare ``left.jpg`` row match once per chunk.
+    Rows naming no file found are left out, so one CSV may describe several submissions.
+    """
+    resolution = resolve_rows(rows, [f.name for f in files])
+    if resolution.ambiguous:
+        raise MetadataError("; ".join(resolution.ambiguous[:5]))
+    return {name: {**rows[key], "filename": name} for name, key in resolution.matches.items()}
 
 
 class ApiClient:
@@ -108,6 +140,7 @@ class ApiClient:
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=timeout,
         )
+        self._origin = _origin(self._http.base_url)
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -120,7 +153,17 @@ class ApiClient:
         self.close()
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, url, **kwargs)
+        request = self._http.build_request(method, url, **kwargs)
+        target = _origin(request.url)
+        if target != self._origin:
+            raise ApiClientError(
+                None,
+                "foreign_origin",
+                f"refusing to send the API key to {target}: the API at {self._origin} "
+                "pointed there (a Location header or link); if the API really lives there, "
+                "give that as --api-url",
+            )
+        response = self._http.send(request)
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -133,15 +176,19 @@ class ApiClient:
 
     def submit(
         self,
-        files: list[Path],
+        files: list[ImageFile],
         *,
         metadata: dict[str, dict[str, str]] | None = None,
         reference: str | None = None,
         chunk_size: int = 64,
         on_progress: Callable[[int], None] | None = None,
     ) -> Submission:
-        """Upload files; one request when they fit a chunk, else an open batch filled in chunks."""
-        metadata = metadata or {}
+        """Upload files; one request when they fit a chunk, else an open batch filled in chunks.
+
+        ``metadata`` is :func:`metadata_rows`' output; it is resolved against all the files
+        first, so an ambiguous row raises :class:`MetadataError` before anything is sent.
+        """
+        metadata = resolve_metadata(metadata or {}, files)
         chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
         if len(chunks) == 1:
             response = self._upload("/v1/batches", chunks[0], metadata, reference)
@@ -161,18 +208,19 @@ class ApiClient:
     def _upload(
         self,
         url: str,
-        chunk: list[Path],
+        chunk: list[ImageFile],
         metadata: dict[str, dict[str, str]],
         reference: str | None,
     ) -> httpx.Response:
         with ExitStack() as stack:
             parts: list[tuple[str, tuple[str, Any, str]]] = []
-            for path in chunk:
-                mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                parts.append(("images", (path.name, stack.enter_context(path.open("rb")), mime)))
-            rows = [metadata[p.name] for p in chunk if p.name in metadata]
+            for file in chunk:
+                mime = mimetypes.guess_type(file.path.name)[0] or "application/octet-stream"
+                handle = stack.enter_context(file.path.open("rb"))
+                parts.append(("images", (file.name, handle, mime)))
+            rows = [metadata[f.name] for f in chunk if f.name in metadata]
             if rows:
-                parts.append(("metadata", ("metadata.csv", _metadata_csv(rows), "text/csv")))
+                parts.append(("metadata", ("metadata.csv", metadata_csv(rows), "text/csv")))
             data = {"reference": reference} if reference else None
             return self._request("POST", url, files=parts, data=data)
 
@@ -245,10 +293,11 @@ def flatten_result(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write flattened result rows to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(flatten_result(r) for r in rows)
-    return out
+    """Write flattened result rows to ``out``, safe to open in a spreadsheet."""
+    return write_spreadsheet_csv(out, RESULT_COLUMNS, (flatten_result(r) for r in rows))
+
+
+def _origin(url: httpx.URL) -> str:
+    """``scheme://host:port``, with the scheme's default port spelled out."""
+    port = url.port or _DEFAULT_PORTS.get(url.scheme)
+    return f"{url.scheme}://{url.host}:{port}"

@@ -14,6 +14,8 @@ from rich.table import Table
 from cli.client import (
     ApiClient,
     ApiClientError,
+    ImageFile,
+    MetadataError,
     find_images,
     flatten_result,
     metadata_rows,
@@ -39,7 +41,7 @@ api_key_option = click.option(
 
 def upload_with_progress(
     client: ApiClient,
-    files: list[Path],
+    files: list[ImageFile],
     metadata: dict[str, dict[str, str]],
     reference: str | None,
     chunk_size: int,
@@ -104,7 +106,12 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
 
 @click.command("submit")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
-@click.option("--metadata", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--metadata",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="CSV filename,patient_id,laterality; filename is the path inside the folder given "
+    "(P001/left.jpg), or a bare name when only one file has it.",
+)
 @click.option("--reference", help="Your own reference for the batch.")
 @click.option("--chunk-size", default=64, show_default=True, help="Images per upload request.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for grading to finish.")
@@ -128,17 +135,16 @@ def submit(
     if not files:
         raise click.UsageError("no image files found in the given paths")
     try:
+        rows_by_file = metadata_rows(metadata)
         with ApiClient(api_url, api_key) as client:
-            submission = upload_with_progress(
-                client, files, metadata_rows(metadata), reference, chunk_size
-            )
+            submission = upload_with_progress(client, files, rows_by_file, reference, chunk_size)
             console.print(f"batch {submission.batch_id}: {submission.image_count} image(s)")
             click.echo(submission.status_url)
             if not wait_:
                 return
             status = wait_with_progress(client, submission.status_url, len(files), timeout)
             rows = list(client.iter_results(submission.batch_id))
-    except ApiClientError as error:
+    except (ApiClientError, MetadataError) as error:
         raise click.ClickException(str(error)) from error
     console.print(f"batch {status['state']}: {status['counts']}")
     target = out or Path(f"results-{submission.batch_id}.csv")

@@ -224,8 +224,8 @@ def test_hostile_filenames_are_reduced_to_safe_display_names(
     assert response.status_code == 202
     with sessions() as session:
         stored = session.scalars(select(Image.filename).order_by(Image.id)).all()
-    assert stored[0] == "passwd"
-    assert stored[1] == "eye.jpg"
+    assert stored[0] == "etc/passwd"  # the relative path, without its ".." segments
+    assert stored[1] == "abs/path/eye.jpg"
     assert "\x00" not in stored[2]
     assert len(stored[3]) == 255
 
