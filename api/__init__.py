@@ -11,6 +11,7 @@ from api.auth import authenticate
 from api.cursors import cursor_sealer
 from api.errors import register_error_handlers
 from api.idempotency import begin_idempotent_request, finish_idempotent_request
+from api.json_bodies import limit_json_body
 from api.request_ids import assign_request_id, echo_request_id
 from api.state import ApiState, close_db_session
 from api.uploads import StreamingRequest
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(health.bp)
 
     app.before_request(assign_request_id)
+    app.before_request(limit_json_body)  # app-level: before /v1's hooks read any body
     app.after_request(echo_request_id)
     register_error_handlers(app)
     app.teardown_appcontext(close_db_session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Any
 
@@ -9,7 +10,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.audit import audit, audit_read
 from api.auth import scope
-from api.errors import ApiError, not_found
+from api.errors import ApiError, echo_client_values, not_found
+from api.json_bodies import json_object
 from api.pagination import (
     decode_cursor,
     decode_text_cursor,
@@ -42,13 +44,28 @@ _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 
 def _reference(raw: Any) -> str | None:
+    """The client's label for a batch: short text that a database and a log can hold."""
     if raw is None or raw == "":
         return None
     if not isinstance(raw, str) or len(raw) > MAX_REFERENCE_LENGTH:
         raise ApiError(
             422, "invalid_reference", f"reference must be text of at most {MAX_REFERENCE_LENGTH}"
         )
+    # Cc: NUL (which PostgreSQL cannot store) and other control characters; Cs: lone
+    # surrogates from a JSON "\ud800", which are not encodable as UTF-8 at all.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in raw):
+        raise ApiError(422, "invalid_reference", "reference must not contain control characters")
     return raw
+
+
+def _form_field(name: str) -> str | None:
+    """A form field that may be sent once; repeated, it would mean two different things."""
+    values = request.form.getlist(name)
+    if len(values) > 1:
+        raise ApiError(
+            422, "duplicate_field", f"field {echo_client_values([name])} appears more than once"
+        )
+    return values[0] if values else None
 
 
 def _explain(raw: Any) -> bool:
@@ -89,8 +106,8 @@ def create_batch() -> Response:
     now = utcnow()
     batch = Batch(
         programme_id=scope().programme_id,
-        reference=_reference(request.form.get("reference")),
-        explain=_explain(request.form.get("explain")),
+        reference=_reference(_form_field("reference")),
+        explain=_explain(_form_field("explain")),
         state=BatchState.QUEUED,
         image_count=0,
         created_at=now,
@@ -107,12 +124,10 @@ def create_batch() -> Response:
 
 
 def _create_open_batch() -> Response:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    body = json_object()
     unknown = sorted(set(body) - {"reference", "open", "explain"})
     if unknown:
-        raise ApiError(422, "unknown_fields", f"unknown field(s): {', '.join(unknown)}")
+        raise ApiError(422, "unknown_fields", f"unknown field(s): {echo_client_values(unknown)}")
     if body.get("open") is not True:
         raise ApiError(
             422,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
@@ -43,6 +44,26 @@ def error_response(status: int, code: str, message: str) -> Response:
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response
+
+
+# Error messages that name what the client sent stay small however much was sent.
+ECHO_MAX_VALUES = 10
+ECHO_MAX_CHARS = 64
+
+
+def echo_client_values(values: Sequence[str]) -> str:
+    """Client values for an error message: the first few, each quoted and cut short."""
+    shown = [_quoted(value) for value in values[:ECHO_MAX_VALUES]]
+    more = len(values) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _quoted(value: str) -> str:
+    # repr escapes control characters, which can make a short value long again: cut after.
+    text = repr(value[:ECHO_MAX_CHARS])
+    if len(value) > ECHO_MAX_CHARS or len(text) > ECHO_MAX_CHARS + 2:
+        return text[: ECHO_MAX_CHARS + 1] + "…"
+    return text
 
 
 def not_found(kind: str) -> ApiError:

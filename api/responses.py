@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import request, url_for
 
@@ -25,9 +26,11 @@ def iso(moment: datetime | None) -> str | None:
 def self_url() -> str:
     """The current resource's URL, rebuilt with url_for from its endpoint and arguments."""
     assert request.endpoint is not None
-    return url_for(
-        request.endpoint, **(request.view_args or {}), **request.args.to_dict(), _external=True
-    )
+    base = url_for(request.endpoint, **(request.view_args or {}), _external=True)
+    # The query is appended, never passed to url_for as keywords: a client's ``_external``,
+    # ``_method``, ``endpoint`` or ``batch_id`` parameter would otherwise steer the build.
+    query = urlencode(list(request.args.items(multi=True)))
+    return f"{base}?{query}" if query else base
 
 
 def batch_links(batch: Batch) -> dict[str, str]:
