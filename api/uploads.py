@@ -19,7 +19,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-from api.errors import ApiError
+from api.errors import ApiError, echo_client_values
 from common.filenames import relative_path, resolve_rows
 from common.storage import HashingSpool, ImageStore
 
@@ -113,7 +113,7 @@ def match_metadata(
             422,
             "metadata_unmatched",
             "metadata lists files not in this request: "
-            + ", ".join(sorted(resolution.unmatched)[:10]),
+            + echo_client_values(sorted(resolution.unmatched)),
         )
     return {name: metadata[key] for name, key in resolution.matches.items()}
 
@@ -133,7 +133,7 @@ def parse_metadata_csv(data: bytes) -> dict[str, ImageMetadata]:
         raise ApiError(
             422,
             "invalid_metadata",
-            f"line 1: unknown column(s) {', '.join(unknown)}; allowed: "
+            f"line 1: unknown column(s) {echo_client_values(unknown)}; allowed: "
             + ", ".join(METADATA_COLUMNS),
         )
     reader.fieldnames = header
@@ -155,7 +155,11 @@ def _metadata_row(
     if not (row.get("filename") or "").strip():
         raise ApiError(422, "invalid_metadata", f"line {line}: filename is empty")
     if filename in seen:
-        raise ApiError(422, "invalid_metadata", f"line {line}: {filename!r} is listed twice")
+        raise ApiError(
+            422,
+            "invalid_metadata",
+            f"line {line}: {echo_client_values([filename])} is listed twice",
+        )
     patient_id = (row.get("patient_id") or "").strip() or None
     if patient_id is not None and len(patient_id) > MAX_PATIENT_ID_LENGTH:
         raise ApiError(
@@ -171,7 +175,9 @@ def _metadata_row(
     laterality = _LATERALITY.get(raw_side) if raw_side else None
     if raw_side and laterality is None:
         raise ApiError(
-            422, "invalid_metadata", f"line {line}: laterality must be L or R, not {raw_side!r}"
+            422,
+            "invalid_metadata",
+            f"line {line}: laterality must be L or R, not {echo_client_values([raw_side])}",
         )
     return {filename: ImageMetadata(patient_id, laterality)}
 

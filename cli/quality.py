@@ -12,7 +12,6 @@ with ``--set NAME=VALUE`` trying others, and the command prints precision and re
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import click
 from PIL import Image
 
+from cli.csv_export import SpreadsheetWriter
 from common.manifest import ManifestError, ModelManifest, read_manifest
 from common.quality import MEASURES, QualityReport, QualityThresholds
 from common.quality_evaluation import Judged, QualitySample, evaluate_quality
@@ -160,8 +160,8 @@ def _per_image_csv(path: Path | None) -> Iterator[Judged | None]:
         yield None
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = SpreadsheetWriter(handle)  # file names come from the programme's folder
         writer.writerow(CSV_COLUMNS)
 
         def judged(sample: QualitySample, report: QualityReport) -> None:

@@ -334,6 +334,29 @@ def test_unknown_fields_error_stays_small_however_many_are_sent(
 
 
 @pytest.mark.parametrize(
+    "metadata",
+    [
+        ",".join(["filename", *(f"col{i}-" + "c" * 200 for i in range(2000))]) + "\n",
+        "filename\n" + "".join(f"missing-{i}-{'m' * 200}.jpg\n" for i in range(2000)),
+        "filename,laterality\n0.jpg," + "x" * 5000 + "\n",
+    ],
+    ids=["unknown-columns", "unmatched-rows", "long-laterality"],
+)
+def test_metadata_errors_stay_small_however_much_is_sent(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    metadata: str,
+) -> None:
+    parts = {"images": [(io.BytesIO(fundus_jpeg()), "0.jpg")], "metadata": metadata}
+    response = client.post("/v1/batches", headers=auth, data=parts)
+    assert response.status_code == 422
+    assert len(response.get_data()) < 2048
+    assert _counts(sessions)["images"] == 0
+
+
+@pytest.mark.parametrize(
     ("values", "expected"),
     [
         (["colour", "priority"], "'colour', 'priority'"),
