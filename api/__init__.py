@@ -10,6 +10,7 @@ from api import batches, health, images, models_registry, retention
 from api.auth import authenticate
 from api.cursors import cursor_sealer
 from api.errors import register_error_handlers
+from api.hosts import install_origin
 from api.idempotency import begin_idempotent_request, finish_idempotent_request
 from api.json_bodies import limit_json_body
 from api.request_ids import assign_request_id, echo_request_id
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> Flask:
         MAX_FORM_MEMORY_SIZE=settings.max_metadata_bytes,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_origin(app, settings)  # public URL and trusted proxies; checked first
 
     engine = engine_from_settings(settings)
     try:

@@ -58,22 +58,27 @@ def upgrade() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
-def api(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Requests each process serves at once; slow request heads never hold one.",
+)
+def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn (never Flask's development server)."""
     require_schema_at_head()
     _exec(
         [
             "gunicorn",
+            "--config",
+            "python:api.gunicorn_conf",
             "--bind",
             f"{host}:{port}",
             "--workers",
             str(workers),
-            "--timeout",
-            "600",
-            "--graceful-timeout",
-            "30",
-            "--access-logfile",
-            "-",
+            "--threads",
+            str(threads),
             "api.wsgi:app",
         ]
     )

@@ -17,6 +17,7 @@ def test_all_services_are_present() -> None:
         "redis",
         "migrate",
         "api",
+        "proxy",
         "worker",
         "explainer",
         "reconciler",

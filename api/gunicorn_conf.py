@@ -1,0 +1,26 @@
+"""gunicorn settings for ``retinaq api`` (``gunicorn -c python:api.gunicorn_conf``).
+
+Threads serve requests; a connection gets one only once its request head is complete
+(``api.serving.HeadFirstWorker``), so slow clients cannot tie them up. The command line
+adds the bind address and the numbers of processes and threads.
+"""
+
+worker_class = "api.serving.HeadFirstWorker"
+threads = 8
+# The heartbeat comes from each worker's event loop, which keeps running while threads
+# serve, so a long upload never looks like a hung worker: no need for a long timeout.
+timeout = 30
+graceful_timeout = 30
+keepalive = 5  # seconds a kept-alive connection may stay idle between requests
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+# gunicorn itself trusts no peer's X-Forwarded-*; the app does, for RETINAQ_PROXY_HOPS
+# proxies (ProxyFix), so there is one place that decides.
+forwarded_allow_ips = ""
+accesslog = "-"
+# The path without its query string: keys sent as ?api_key= and cursors never reach a log.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms %({x-request-id}o)s'
+# No runtime control socket: one default path per user would be shared by every server on
+# the host (tests start several), and the supervisor, not gunicornc, manages processes.
+control_socket_disable = True

@@ -1,0 +1,299 @@
+"""The API's gunicorn worker: a thread serves a request only once its whole head is here.
+
+gunicorn's ``gthread`` worker gives a connection to a thread as soon as its first byte
+arrives, and the thread then blocks until the request's header block is complete: as many
+clients as there are threads, each sending a header line now and then, stall every other
+request. This worker keeps connections in its event loop while their head arrives (reading
+whatever is there, never blocking) and hands a connection to a thread only once the head is
+complete, or has gone wrong in a way the parser will refuse at once. A head that is not
+complete ``HEADER_TIMEOUT_S`` after the connection (or a kept-alive connection's next
+request) started is answered 408 and closed; one larger than ``MAX_HEAD_BYTES`` gets 431.
+
+A request *body* is read on the thread, by design: uploads stream into the image store as
+they arrive. Each read of the socket is bounded by ``BODY_IDLE_TIMEOUT_S`` (a client that
+goes silent mid-body loses its request), and so is each write of a response. The server's
+own errors (a malformed or oversized request line or header) answer in the API's JSON error
+shape instead of gunicorn's HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import struct
+import time
+from datetime import datetime
+from functools import partial
+from http import HTTPStatus
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http import errors
+from gunicorn.http.message import MAX_REQUEST_LINE
+from gunicorn.http.wsgi import Response, default_environ
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+HEADER_TIMEOUT_S = 15.0
+BODY_IDLE_TIMEOUT_S = 60.0
+MAX_HEAD_BYTES = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+# (exception types, status, code, message); the first match wins. Messages are fixed
+# sentences: the client's bytes never travel back to it or into the log.
+_CLIENT_ERRORS: tuple[tuple[tuple[type[BaseException], ...], int, str, str], ...] = (
+    (
+        (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName),
+        500,
+        "internal_error",
+        "an unexpected error occurred",
+    ),
+    (
+        (errors.LimitRequestLine,),
+        414,
+        "request_line_too_long",
+        "the request line is longer than the server accepts",
+    ),
+    (
+        (errors.LimitRequestHeaders,),
+        431,
+        "headers_too_large",
+        "the request has too many header fields or one that is too large",
+    ),
+    (
+        (errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding),
+        400,
+        "invalid_header",
+        "a request header is malformed",
+    ),
+    (
+        (errors.InvalidRequestLine, errors.InvalidRequestMethod, errors.InvalidHTTPVersion),
+        400,
+        "invalid_request_line",
+        "the request line is malformed",
+    ),
+    (
+        (errors.InvalidChunkSize, errors.ChunkMissingTerminator, errors.InvalidChunkExtension),
+        400,
+        "invalid_chunked_body",
+        "the chunked request body is malformed",
+    ),
+    (
+        (errors.UnsupportedTransferCoding,),
+        501,
+        "unsupported_transfer_coding",
+        "the request's Transfer-Encoding is not supported",
+    ),
+    (
+        (errors.ExpectationFailed,),
+        417,
+        "expectation_failed",
+        "the request's Expect header cannot be met",
+    ),
+    (
+        (errors.ForbiddenProxyRequest,),
+        403,
+        "forbidden",
+        "proxy requests are not accepted from this address",
+    ),
+    (
+        (
+            errors.InvalidProxyLine,
+            errors.InvalidProxyHeader,
+            errors.InvalidSchemeHeaders,
+            errors.InvalidH2CPreface,
+        ),
+        400,
+        "bad_request",
+        "the request could not be understood",
+    ),
+)
+
+
+def json_error(status: int, code: str, message: str) -> bytes:
+    """A complete ``Connection: close`` response in the API's error shape."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def classify_error(exc: BaseException) -> tuple[int, str, str]:
+    """Status, code and message for an exception gunicorn raised while reading a request."""
+    for kinds, status, code, message in _CLIENT_ERRORS:
+        if isinstance(exc, kinds):
+            return status, code, message
+    return 500, "internal_error", "an unexpected error occurred"
+
+
+def head_ready(head: bytes, line_limit: int) -> bool:
+    """True once gunicorn's parser can serve or refuse the head without waiting for more.
+
+    That is a complete head, a bare LF (refused as soon as seen), or a request line already
+    longer than ``line_limit`` (refused as soon as seen); anything else needs more bytes,
+    and a thread given it now would block on the client.
+    """
+    if b"\r\n\r\n" in head or head.count(b"\n") != head.count(b"\r\n"):
+        return True
+    line = head[2:] if head.startswith(b"\r\n") else head  # one empty line may lead
+    end = line.find(b"\r\n")
+    return (end if end >= 0 else len(line) - 2) > line_limit + 2
+
+
+def _bound_socket_waits(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level limits on each blocking recv/send, which gunicorn's blocking mode keeps."""
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+        except OSError:  # a platform without them keeps gunicorn's unbounded waits
+            pass
+
+
+class HeadFirstWorker(ThreadWorker):
+    """``gthread`` whose threads never wait for a request head; see the module docstring."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    body_idle_timeout_s = BODY_IDLE_TIMEOUT_S
+    max_head_bytes = MAX_HEAD_BYTES
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Refuse TLS and cleartext HTTP/2: their first bytes are not an HTTP/1 head."""
+        super().check_config(cfg, log)
+        if cfg.is_ssl or cfg.http2_cleartext != "off":
+            raise RuntimeError(
+                "HeadFirstWorker serves plain HTTP/1.x; terminate TLS and HTTP/2 at the proxy"
+            )
+
+    def _line_limit(self) -> int:
+        limit = int(self.cfg.limit_request_line)
+        return limit if 0 < limit < MAX_REQUEST_LINE else MAX_REQUEST_LINE
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Give a connection to a thread only with a ready head; otherwise wait for it here."""
+        if getattr(conn, "head_complete", False):
+            conn.head_complete = False
+            super().enqueue_req(conn)
+            return
+        # Bytes the last request's parser read ahead are the start of the next head.
+        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        if head_ready(bytes(conn.head), self._line_limit()):
+            self._hand_over(conn)
+            return
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.header_timeout_s
+        self.pending_conns.append(conn)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
+        )
+
+    def on_pending_socket_readable(self, conn: TConn, client: Any) -> None:
+        """Read what the client sent of its head, without blocking; hand it over once ready."""
+        try:
+            data = conn.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_pending(conn)
+            return
+        conn.head += data
+        if head_ready(bytes(conn.head), self._line_limit()):
+            self._unwatch(conn)
+            self._hand_over(conn)
+        elif len(conn.head) > self.max_head_bytes:
+            self._drop_pending(
+                conn,
+                json_error(
+                    431,
+                    "headers_too_large",
+                    f"the request head exceeds {self.max_head_bytes // 1024} KiB",
+                ),
+            )
+
+    def murder_pending(self) -> None:
+        """Close connections whose head is late: 408 when they had begun one."""
+        now = time.monotonic()
+        while self.pending_conns and self.pending_conns[0].timeout <= now:
+            conn = self.pending_conns[0]
+            late = json_error(
+                408,
+                "request_timeout",
+                f"the request head did not arrive within {self.header_timeout_s:g} s",
+            )
+            self._drop_pending(conn, late if conn.head else None)
+
+    def handle(self, conn: TConn) -> Any:
+        """On a thread: give the parser the head read so far, then serve as ``gthread`` does."""
+        head = bytes(conn.head)
+        conn.head = bytearray()
+        if not conn.initialized:
+            conn.sock.setblocking(True)
+            _bound_socket_waits(conn.sock, self.body_idle_timeout_s)
+            conn.init()
+        conn.parser.unreader.unread(head)
+        return super().handle(conn)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's own refusals, in the API's JSON error shape, without echoing input."""
+        request_start = datetime.now()
+        addr = addr or ("", -1)  # a unix socket has no peer address
+        status, code, message = classify_error(exc)
+        if status >= 500:
+            self.log.exception("Error handling request")
+        else:
+            self.log.warning(
+                "Invalid request from ip=%s: %s (%s)", addr[0], code, exc.__class__.__name__
+            )
+        req = req if req is not None else getattr(exc, "req", None)
+        payload = json_error(status, code, message)
+        if req is not None:
+            environ = default_environ(req, client, self.cfg)
+            environ["REMOTE_ADDR"] = addr[0]
+            environ["REMOTE_PORT"] = str(addr[1])
+            resp = Response(req, client, self.cfg)
+            resp.status = f"{status} {HTTPStatus(status).phrase}"
+            resp.response_length = len(payload)
+            self.log.access(resp, req, environ, datetime.now() - request_start)
+        try:
+            util.write_nonblock(client, payload)
+        except Exception:
+            self.log.debug("Failed to send error message.")
+
+    def _hand_over(self, conn: TConn) -> None:
+        conn.head_complete = True
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _unwatch(self, conn: TConn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        try:
+            self.pending_conns.remove(conn)
+        except ValueError:
+            pass
+
+    def _drop_pending(self, conn: TConn, farewell: bytes | None = None) -> None:
+        self._unwatch(conn)
+        self.nr_conns -= 1
+        if farewell:
+            try:
+                conn.sock.send(farewell)  # non-blocking: best effort, never waits
+                conn.sock.shutdown(socket.SHUT_WR)
+                # Closing with unread bytes would reset the connection, and the client
+                # could lose the answer: read what is already here, without waiting.
+                for _ in range(16):
+                    if not conn.sock.recv(_READ_SIZE):
+                        break
+            except OSError:
+                pass
+        conn.close()

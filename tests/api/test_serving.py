@@ -1,0 +1,371 @@
+"""The API as served by ``retinaq api`` (gunicorn and our worker class), over raw sockets.
+
+Slow clients must not stall it, its own refusals are JSON, and its access log carries
+no query strings. Unit tables for the worker's head-readiness rule and error mapping close
+the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from gunicorn.http import errors
+
+from api.serving import HEADER_TIMEOUT_S, classify_error, head_ready
+from common.settings import PROJECT_ROOT
+
+SLOW_CLIENTS = 50
+SLOW_LINE_EVERY_S = 2.0
+UPLOAD_FILES = 4
+UPLOAD_FILE_BYTES = 50 * 1024 * 1024  # 4 × 50 MiB ≈ 200 MiB, under the 64 MiB per-file limit
+UPLOAD_RATE = 20 * 1024 * 1024  # bytes/s: a slow link, kept short so the test stays ~30 s
+
+
+@dataclass
+class Served:
+    """A running ``retinaq api`` and where its output goes."""
+
+    url: str
+    port: int
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(
+    database_url: str, redis_url: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """``retinaq api`` with its defaults (2 processes), on the test database and queue."""
+    var = tmp_path_factory.mktemp("served")
+    env = {
+        **os.environ,
+        "RETINAQ_VAR_DIR": str(var),
+        "RETINAQ_DATABASE_URL": database_url,
+        "RETINAQ_BROKER_URL": redis_url,
+        "RETINAQ_STORAGE_DIR": str(var / "images"),
+        "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_SECRET_KEY": "serving-test-secret-key-for-cursors",
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = _free_port()
+    log = var / "api.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli", "api", "--port", str(port)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Served(f"http://127.0.0.1:{port}", port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, running.log_text()
+            try:
+                if httpx.get(f"{running.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not start:\n" + running.log_text()
+            time.sleep(0.3)
+        yield running
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(var / "images", ignore_errors=True)
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def _json_error(raw: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers["content-type"] == "application/json", raw[:300]
+    return int(lines[0].split()[1]), json.loads(body)["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, "invalid_header"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Broken\r\n\r\n", 400, "invalid_header"),
+        (
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(150))
+            + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"G<T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request_line"),
+        # 70 KB of header lines and no end yet: refused without waiting for the rest.
+        (
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-Big-%d: %s\r\n" % (n, b"y" * 7000) for n in range(10)),
+            431,
+            "headers_too_large",
+        ),
+    ],
+)
+def test_the_servers_own_refusals_are_json(
+    served: Served, request_bytes: bytes, status: int, code: str
+) -> None:
+    answer = _raw(served.port, request_bytes)
+    assert b"<html" not in answer.lower()
+    got, error = _json_error(answer)
+    assert (got, error["code"]) == (status, code)
+    assert error["message"] and "Bad" not in error["message"]  # the input is not echoed
+
+
+@pytest.mark.slow
+def test_access_log_never_carries_the_query_string(served: Served) -> None:
+    request_id = f"log-{uuid.uuid4().hex}"
+    response = httpx.get(
+        f"{served.url}/healthz?api_key=SECRET-{request_id}&cursor=SEALED",
+        headers={"X-Request-ID": request_id},
+    )
+    assert response.status_code == 200
+
+    def logged() -> list[str]:
+        return [line for line in served.log_text().splitlines() if request_id in line]
+
+    deadline = time.monotonic() + 10
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [line] = logged()
+    assert '"GET /healthz HTTP/1.1" 200' in line
+    assert "SECRET" not in served.log_text()
+    assert "SEALED" not in served.log_text()
+    assert "api_key" not in line
+
+
+class SlowClients:
+    """Connections that send a request head one header line at a time, never finishing it."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        self.opened = time.monotonic()
+        for sock in self.sockets:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+        self._thread.start()
+
+    def _trickle(self) -> None:
+        line = 0
+        while not self._stop.wait(SLOW_LINE_EVERY_S):
+            line += 1
+            for sock in self.sockets:
+                try:
+                    sock.sendall(b"X-Slow-%d: still typing\r\n" % line)
+                except OSError:
+                    pass  # closed by the server: that is what should happen
+
+    def answers(self, within_s: float) -> list[bytes]:
+        """What each connection got before the server closed it (bounded by ``within_s``)."""
+        answers = []
+        for sock in self.sockets:
+            received = b""
+            try:
+                while (left := self.opened + within_s - time.monotonic()) > 0:
+                    sock.settimeout(left)
+                    if not (chunk := sock.recv(65536)):
+                        break
+                    received += chunk
+            except (TimeoutError, OSError):
+                received += b"<still open>"
+            answers.append(received)
+        return answers
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _timed(get: Callable[[], httpx.Response], expected: int) -> float:
+    started = time.perf_counter()
+    response = get()
+    elapsed = time.perf_counter() - started
+    assert response.status_code == expected, response.text
+    return elapsed
+
+
+def _throttled_multipart(boundary: str) -> tuple[int, Iterator[bytes]]:
+    """A ~200 MiB multipart body of four file parts, produced at ``UPLOAD_RATE``."""
+    block = os.urandom(1024 * 1024)
+    parts = [
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+            f'filename="big-{n}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        for n in range(UPLOAD_FILES)
+    ]
+    closing = f"--{boundary}--\r\n".encode()
+    length = sum(len(p) + UPLOAD_FILE_BYTES + 2 for p in parts) + len(closing)
+
+    def body() -> Iterator[bytes]:
+        started, sent = time.monotonic(), 0
+        for n, part in enumerate(parts):
+            yield part
+            # A different first byte per file: four distinct images, not one stored once.
+            yield bytes([n]) + block[1:]
+            for _ in range(UPLOAD_FILE_BYTES // len(block) - 1):
+                sent += len(block)
+                pause = started + sent / UPLOAD_RATE - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                yield block
+            yield b"\r\n"
+        yield closing
+
+    return length, body()
+
+
+@pytest.mark.slow
+def test_slow_heads_do_not_stall_the_api_and_a_slow_upload_succeeds(
+    served: Served, make_programme: Callable[[str], dict[str, str]]
+) -> None:
+    auth = make_programme("Slow clients")
+    opened = httpx.post(f"{served.url}/v1/batches", headers=auth, json={"open": True})
+    assert opened.status_code == 201
+    status_url = opened.headers["Location"]
+
+    # "Connection: close": every request opens a fresh connection, so accepting is timed too.
+    fresh = httpx.Client(headers={"Connection": "close"}, timeout=5)
+    slow = SlowClients(served.port, SLOW_CLIENTS)
+    try:
+        time.sleep(SLOW_LINE_EVERY_S + 0.5)  # every slow client has sent a second line
+        health, polls = [], []
+        for _ in range(20):
+            health.append(_timed(lambda: fresh.get(f"{served.url}/healthz"), 200))
+            polls.append(_timed(lambda: fresh.get(status_url, headers=auth), 200))
+
+        # A ~200 MiB upload over a slow link holds one thread; /healthz keeps answering.
+        boundary = uuid.uuid4().hex
+        length, body = _throttled_multipart(boundary)
+        during: list[float] = []
+        uploading = threading.Event()
+        uploading.set()
+
+        def probe() -> None:
+            while uploading.is_set():
+                during.append(_timed(lambda: fresh.get(f"{served.url}/healthz"), 200))
+                time.sleep(0.5)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        started = time.monotonic()
+        try:
+            upload = httpx.post(
+                f"{status_url}/images",
+                headers={
+                    **auth,
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                    "Content-Length": str(length),
+                },
+                content=body,
+                timeout=120,
+            )
+        finally:
+            uploading.clear()
+            prober.join(timeout=10)
+        upload_s = time.monotonic() - started
+        assert upload.status_code == 202, upload.text
+        assert upload.json()["image_count"] == UPLOAD_FILES
+
+        # The slow heads were closed by the server, with a 408 in our error shape.
+        answers = slow.answers(within_s=HEADER_TIMEOUT_S + 10)
+    finally:
+        slow.close()
+        fresh.close()
+
+    print(
+        f"\n{SLOW_CLIENTS} slow heads open: /healthz p50 {statistics.median(health) * 1e3:.1f} ms"
+        f" max {max(health) * 1e3:.1f} ms; status poll p50 {statistics.median(polls) * 1e3:.1f}"
+        f" ms max {max(polls) * 1e3:.1f} ms; {length / 2**20:.0f} MiB upload in {upload_s:.1f} s,"
+        f" /healthz meanwhile p50 {statistics.median(during) * 1e3:.1f} ms"
+        f" max {max(during) * 1e3:.1f} ms (n={len(during)})"
+    )
+    assert max(health) < 1.0
+    assert max(polls) < 1.0
+    assert during and max(during) < 1.0
+    assert all(_json_error(answer)[0] == 408 for answer in answers), set(answers)
+
+
+@pytest.mark.parametrize(
+    ("head", "ready"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", True),  # one leading empty line is allowed
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", False),  # a header line, then nothing yet
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r", False),
+        (b"GET / HT", False),
+        (b"", False),
+        (b"GET / HTTP/1.1\nHost: x", True),  # bare LF: the parser refuses it at once
+        (b"GET /" + b"a" * 200, True),  # the line is already longer than the limit
+        (b"GET /" + b"a" * 90, False),
+        (b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost", True),
+    ],
+)
+def test_a_head_goes_to_a_thread_only_when_the_parser_need_not_wait(
+    head: bytes, ready: bool
+) -> None:
+    assert head_ready(head, line_limit=100) is ready
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (errors.LimitRequestLine(5000, 4094), 414, "request_line_too_long"),
+        (errors.LimitRequestHeaders("max"), 431, "headers_too_large"),
+        (errors.InvalidHeaderName("Bad Header"), 400, "invalid_header"),
+        (errors.InvalidRequestMethod("G<T"), 400, "invalid_request_line"),
+        (errors.InvalidResponseHeaderName("x y"), 500, "internal_error"),  # the app's fault
+        (errors.UnsupportedTransferCoding("gzip"), 501, "unsupported_transfer_coding"),
+        (RuntimeError("boom"), 500, "internal_error"),
+    ],
+)
+def test_gunicorn_errors_map_to_our_codes(exc: Exception, status: int, code: str) -> None:
+    assert classify_error(exc)[:2] == (status, code)
