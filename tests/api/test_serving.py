@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,28 +55,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def served(
-    database_url: str, redis_url: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    """``retinaq api`` with its defaults (2 processes), on the test database and queue."""
-    var = tmp_path_factory.mktemp("served")
-    env = {
-        **os.environ,
-        "RETINAQ_VAR_DIR": str(var),
-        "RETINAQ_DATABASE_URL": database_url,
-        "RETINAQ_BROKER_URL": redis_url,
-        "RETINAQ_STORAGE_DIR": str(var / "images"),
-        "RETINAQ_QUEUE_NAME": queue_name,
-        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
-        "RETINAQ_SECRET_KEY": "serving-test-secret-key-for-cursors",
-        "PYTHONUNBUFFERED": "1",
-    }
+@contextmanager
+def _serving(argv: list[str], env: dict[str, str], var: Path) -> Iterator[Served]:
+    """Start a server on a free port (``{port}`` in ``argv``); stop it, whatever happens."""
     port = _free_port()
     log = var / "api.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "api", "--port", str(port)],
+            [part.format(port=port) for part in argv],
             env=env,
             cwd=PROJECT_ROOT,
             stdout=out,
@@ -103,6 +90,69 @@ def served(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         shutil.rmtree(var / "images", ignore_errors=True)
+
+
+def _environment(var: Path, database_url: str, redis_url: str, queue_name: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RETINAQ_VAR_DIR": str(var),
+        "RETINAQ_DATABASE_URL": database_url,
+        "RETINAQ_BROKER_URL": redis_url,
+        "RETINAQ_STORAGE_DIR": str(var / "images"),
+        "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_SECRET_KEY": "serving-test-secret-key-for-cursors",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def served(
+    database_url: str, redis_url: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """``retinaq api`` with its defaults (2 processes), on the test database and queue."""
+    var = tmp_path_factory.mktemp("served")
+    env = _environment(var, database_url, redis_url, queue_name)
+    with _serving([sys.executable, "-m", "cli", "api", "--port", "{port}"], env, var) as running:
+        yield running
+
+
+QUICK_WORKER = """
+from api.serving import HeadFirstWorker
+
+
+class QuickTimeouts(HeadFirstWorker):
+    header_timeout_s = 2.0
+    body_idle_timeout_s = 2.0
+"""
+
+
+@pytest.fixture
+def served_one_thread(
+    database_url: str, redis_url: str, queue_name: str, tmp_path: Path
+) -> Iterator[Served]:
+    """One process of one thread, with 2 s timeouts: a thread held is the whole server."""
+    (tmp_path / "quick_worker.py").write_text(QUICK_WORKER)
+    env = _environment(tmp_path, database_url, redis_url, queue_name)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:api.gunicorn_conf",
+        "--worker-class",
+        "quick_worker.QuickTimeouts",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--bind",
+        "127.0.0.1:{port}",
+        "api.wsgi:app",
+    ]
+    with _serving(argv, env, tmp_path) as running:
+        yield running
 
 
 def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
@@ -332,6 +382,48 @@ def test_slow_heads_do_not_stall_the_api_and_a_slow_upload_succeeds(
     assert max(polls) < 1.0
     assert during and max(during) < 1.0
     assert all(_json_error(answer)[0] == 408 for answer in answers), set(answers)
+
+
+@pytest.mark.slow
+def test_a_body_that_goes_silent_frees_its_thread(
+    served_one_thread: Served, make_programme: Callable[[str], dict[str, str]]
+) -> None:
+    served = served_one_thread
+    auth = make_programme("Silent body")
+    opened = httpx.post(f"{served.url}/v1/batches", headers=auth, json={"open": True})
+    assert opened.status_code == 201
+    path = opened.headers["Location"].split(str(served.port), 1)[1] + "/images"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {auth['Authorization']}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\n'
+    ).encode()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=15) as stalled:
+        stalled.sendall(head + b"x" * 1000)  # then nothing more
+        started = time.monotonic()
+        answer = b""
+        while chunk := stalled.recv(65536):
+            answer += chunk
+        waited = time.monotonic() - started
+        # The one thread is free again for everyone else.
+        assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
+    assert 1.5 < waited < 10, waited
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "bad_request"
+
+
+@pytest.mark.slow
+def test_a_head_that_never_ends_gets_408_in_our_shape(served_one_thread: Served) -> None:
+    with socket.create_connection(("127.0.0.1", served_one_thread.port), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # Meanwhile the server's only thread serves others.
+        assert httpx.get(f"{served_one_thread.url}/healthz", timeout=5).status_code == 200
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, error = _json_error(answer)
+    assert (status, error["code"]) == (408, "request_timeout")
 
 
 @pytest.mark.parametrize(
