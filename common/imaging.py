@@ -6,18 +6,31 @@ What a model does with the image afterwards lives in :mod:`common.preprocessing`
 from __future__ import annotations
 
 import io
+import traceback
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
+from common.pixel_budget import PixelBudget
 from common.regions import largest_region
 
 MIN_SIDE = 32
 FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
 # MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
 _DRAFTABLE_FORMATS = ("JPEG", "MPO")
+# EXIF orientation to the transposition that shows the picture upright (as ImageOps does).
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -31,15 +44,29 @@ class ImageDecodeError(Exception):
         return f"{self.code}: {self.message}"
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Image.Image:
     """Decode bytes into an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
 
     Multi-frame files (animated GIF, APNG and WebP, multi-page TIFF, MPO) are graded on
     their first frame alone: it is the frame every viewer shows, the one whose size the
     pixel limit checks, and the later frames are never decoded.
 
-    ``draft_size`` lets the JPEG decoder downscale by a power of two while decoding, which
-    is far cheaper than decoding 12 megapixels and resizing afterwards.
+    ``draft_size`` is the shorter side the image is wanted at, at least: a JPEG decoder
+    downscales by a power of two while decoding, which is far cheaper than decoding 12
+    megapixels and resizing afterwards, and any other format is reduced by a whole factor
+    (a box filter) right after decoding. Either way the full-resolution frame is gone
+    before the image is turned upright, converted to RGB, checked or preprocessed, so it
+    is never copied. Without ``draft_size`` the image is returned at full size.
+
+    ``budget``, when given, holds the frame's pixels (its size after any JPEG draft) from
+    before it is decoded until it has been reduced, so the threads sharing it never hold
+    more full-resolution pixels at once than it allows.
     """
     if not data:
         raise ImageDecodeError("empty_file", "the file is empty")
@@ -50,33 +77,88 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
             # before any pixel is decoded. Beyond twice Pillow's limit it refuses outright,
             # which is still "too many pixels".
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data))
             # Explicit, because the pixel limit below is checked against this frame only.
-            image.seek(0)
-            width, height = image.size
+            opened.seek(0)
+            width, height = opened.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
                     "too_many_pixels",
                     f"{width}x{height} exceeds the limit of {max_pixels} pixels",
                 )
-            if draft_size and image.format in _DRAFTABLE_FORMATS:
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            # A new single-frame image, detached from the file's frame sequence.
-            image = ImageOps.exif_transpose(image)
+            if draft_size and opened.format in _DRAFTABLE_FORMATS:
+                opened.draft("RGB", (draft_size, draft_size))
+            decoded = opened.width * opened.height
+            if budget and decoded > budget.capacity:
+                raise ImageDecodeError(
+                    "too_many_pixels",
+                    f"{width}x{height} exceeds the decoding budget of {budget.capacity} pixels",
+                )
+            with budget.hold(decoded) if budget else nullcontext():
+                image, transpose = _load_reduced(opened, draft_size)
+            if transpose is not None:
+                image = image.transpose(transpose)
+            image = to_rgb(image)
+            if image is opened:
+                # A new single-frame image, detached from the file's frame sequence.
+                image = opened.copy()
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError("too_many_pixels", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not_an_image", "not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError("corrupt_image", f"the image data is damaged: {exc}") from exc
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow's frames in the traceback hold its decoder, and the decoder the frame's
+        # pixels: an error kept as a result must not keep a full-size image alive.
+        traceback.clear_frames(exc.__traceback__)
+        raise _decode_error(exc) from exc
     if min(image.size) < MIN_SIDE:
         raise ImageDecodeError(
             "too_small", f"{image.size[0]}x{image.size[1]} is below {MIN_SIDE} pixels a side"
         )
-    return to_rgb(image)
+    return image
+
+
+def _decode_error(exc: Exception) -> ImageDecodeError:
+    """What a failure inside Pillow means for the submitter."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageDecodeError("too_many_pixels", str(exc))
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageDecodeError("not_an_image", "not a recognised image format")
+    return ImageDecodeError("corrupt_image", f"the image data is damaged: {exc}")
+
+
+def _load_reduced(
+    opened: Image.Image, draft_size: int | None
+) -> tuple[Image.Image, Image.Transpose | None]:
+    """Decode the frame and reduce it towards ``draft_size``; with its EXIF transposition.
+
+    The full-resolution frame is closed here, on success or failure, unless it is the
+    image returned: an error's traceback would otherwise keep its pixels alive after
+    the budget had been given back.
+    """
+    try:
+        opened.load()
+        # Read after loading: a PNG may carry its EXIF after the pixel data.
+        transpose = _TRANSPOSITIONS.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
+        factor = min(opened.size) // draft_size if draft_size else 1
+        if factor <= 1:
+            return opened, transpose
+        reduced = _reducible(opened).reduce(factor)
+    except BaseException:
+        opened.close()
+        raise
+    opened.close()
+    return reduced, transpose
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The image in a mode whose pixels can be averaged: palette and bilevel ones cannot."""
+    if image.mode in ("P", "PA"):
+        transparent = image.mode == "PA" or "transparency" in image.info
+        return image.convert("RGBA" if transparent else "RGB")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode.startswith("I;16"):
+        return image.convert("I")
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from common.imaging import FIELD_OF_VIEW_THRESHOLD, decode_image, field_of_view_box
+from common.pixel_budget import PixelBudget
 
 # Bump whenever the pixels a given manifest produces change: results store it, and a model
 # trained under another version is refused rather than fed pixels it never saw.
@@ -124,12 +125,19 @@ class FundusPreprocessing:
 
     @property
     def decode_side(self) -> int:
-        """The smallest side a JPEG is decoded to: twice the input, and enough for quality."""
+        """The shorter side an image is decoded or reduced to, at least: twice the input,
+        and enough for quality."""
         return max(2 * self.input_size, MIN_DECODE_SIDE)
 
-    def decode(self, data: bytes, *, max_pixels: int) -> Image.Image:
-        """Bytes to an upright RGB image, downscaled while decoding where the format allows."""
-        return decode_image(data, max_pixels=max_pixels, draft_size=self.decode_side)
+    def decode(
+        self, data: bytes, *, max_pixels: int, budget: PixelBudget | None = None
+    ) -> Image.Image:
+        """Bytes to an upright RGB image at a shorter side of at least :attr:`decode_side`.
+
+        Full-resolution pixels exist only while decoding (held in ``budget`` if given), so
+        what the quality check and preprocessing copy is the reduced image.
+        """
+        return decode_image(data, max_pixels=max_pixels, draft_size=self.decode_side, budget=budget)
 
     def square(self, image: Image.Image) -> np.ndarray:
         """The photograph's field of view at the input size: what a person would look at."""
@@ -143,9 +151,11 @@ class FundusPreprocessing:
         """The square field of view to the model's uint8 input: Ben Graham's, if the model's."""
         return ben_graham(square) if self.ben_graham else square
 
-    def prepare(self, data: bytes, *, max_pixels: int) -> np.ndarray:
+    def prepare(
+        self, data: bytes, *, max_pixels: int, budget: PixelBudget | None = None
+    ) -> np.ndarray:
         """Bytes to the uint8 square input; raises :class:`common.imaging.ImageDecodeError`."""
-        return self.pixels(self.decode(data, max_pixels=max_pixels))
+        return self.pixels(self.decode(data, max_pixels=max_pixels, budget=budget))
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 inputs (…xHxWx3) to the float32 the model takes."""

@@ -90,12 +90,18 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=1000, ge=1)
     max_metadata_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(default=120_000_000, ge=1)
+    max_image_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Larger images fail as too_many_pixels before decoding; twice the "
+        "largest fundus cameras (20-24 megapixels).",
+    )
     decode_pixel_budget: int = Field(
         default=0,
         ge=0,
-        description="Pixels a worker may hold decoded at once across its decoder threads; "
-        "0 means twice max_image_pixels.",
+        description="Full-resolution pixels a worker may hold decoded at once across its "
+        "decoder threads (about 4 bytes each); a thread waits its turn, in arrival order. "
+        "0 means twice max_image_pixels (100 megapixels by default); never below it.",
     )
     max_json_bytes: int = Field(
         default=64 * 1024, ge=256, description="Largest JSON request body the API reads."

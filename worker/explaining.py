@@ -48,7 +48,9 @@ def explain_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
     for item in wanted:
         try:
             data = runtime.store.read(item.storage_path)
-            image = preprocessor.decode(data, max_pixels=runtime.settings.max_image_pixels)
+            image = preprocessor.decode(
+                data, max_pixels=runtime.settings.max_image_pixels, budget=runtime.pixel_budget
+            )
             squares.append(preprocessor.square(image))
             ready.append(item)
         except (FileNotFoundError, ImageDecodeError) as error:

@@ -281,7 +281,9 @@ def prepare_claim(runtime: WorkerRuntime, claim: Claim) -> Prepared | ImageDecod
     preprocessor = runtime.model.manifest.preprocessor
     try:
         data = runtime.store.read(claim.storage_path)
-        image = preprocessor.decode(data, max_pixels=runtime.settings.max_image_pixels)
+        image = preprocessor.decode(
+            data, max_pixels=runtime.settings.max_image_pixels, budget=runtime.pixel_budget
+        )
         if not runtime.settings.quality_check:
             return Prepared(UNCHECKED, preprocessor.pixels(image))
         quality = assess_quality(image, runtime.quality_thresholds)
