@@ -33,13 +33,17 @@ _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def square_fundus(image: Image.Image, size: int) -> np.ndarray:
-    """Crop to the field of view, pad to a centred square on black, resize: uint8 HxWx3."""
+    """Crop to the field of view, fit its long side to ``size``, centre it on a black square:
+    uint8 HxWx3. Resizing before padding keeps the canvas at ``size``, however long and
+    thin the picture (padding first would allocate its long side squared)."""
     cropped = image.crop(field_of_view_box(image))
-    side = max(cropped.size)
-    canvas = Image.new("RGB", (side, side))
-    canvas.paste(cropped, ((side - cropped.width) // 2, (side - cropped.height) // 2))
-    resized = canvas.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(resized, dtype=np.uint8)
+    scale = size / max(cropped.size)
+    width = min(size, max(1, round(cropped.width * scale)))
+    height = min(size, max(1, round(cropped.height * scale)))
+    resized = cropped.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(resized, ((size - width) // 2, (size - height) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 def border_mask(pixels: np.ndarray, margin: float = BORDER_MARGIN) -> np.ndarray:

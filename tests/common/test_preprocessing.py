@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -184,3 +187,22 @@ def test_serving_thresholds_layer_settings_over_manifest_over_defaults() -> None
     assert thresholds.max_brightness == QualityThresholds().max_brightness  # the default
     with pytest.raises(ValueError, match="unknown quality thresholds: sharpness"):
         manifest.serving_quality_thresholds({"sharpness": 1})
+
+
+def test_a_long_thin_picture_is_squared_without_a_canvas_of_its_long_side() -> None:
+    """With the quality check off, a 20,000 x 200 strip must not become a 20,000^2 canvas."""
+    script = (
+        "import resource\n"
+        "from PIL import Image\n"
+        "from common.preprocessing import square_fundus\n"
+        "strip = Image.new('RGB', (20000, 200), (120, 60, 30))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = square_fundus(strip, 224)\n"
+        "assert out.shape == (224, 224, 3), out.shape\n"
+        "assert out[:100].max() == 0 and out[112].max() > 0\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert int(done.stdout) < 100, f"squaring grew the process by {done.stdout.strip()} MiB"
