@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from common.field_of_view import edge_bars, find_field_of_view
 from common.pixel_budget import PixelBudget
-from common.regions import largest_region
 
 MIN_SIDE = 32
 FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
@@ -178,14 +178,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int]:
-    """Bounding box of the bright fundus disc; the whole image when none stands out.
+    """Bounding box of the retina; the whole image when none stands out.
 
-    The disc is the largest bright region, as the quality check sees it, so text burnt
-    into a corner or a glint outside the disc does not widen the crop.
+    The same detector as the quality check's (:mod:`common.field_of_view`): the largest
+    bright region inside any white or grey bars along the edges, so text burnt into a
+    corner, a glint outside the disc or an export's white bar does not widen the crop, and
+    a rectangular crop is the frame minus its black borders.
     """
+    # luminance reduced as it always was, so a photograph without bars is cropped exactly
+    # as the bundled model's training images were; colour only to find the bars
     small = image.convert("L")
     small.thumbnail((256, 256))
-    mask = largest_region(np.asarray(small) > FIELD_OF_VIEW_THRESHOLD)
+    colour = image.copy()
+    colour.thumbnail((256, 256))
+    frame = edge_bars(np.asarray(colour))
+    mask = find_field_of_view(np.asarray(small), FIELD_OF_VIEW_THRESHOLD, frame).region
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size < 8 or cols.size < 8:

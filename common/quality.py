@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 from PIL import Image
 
+from common.field_of_view import FieldOfView, edge_bars, find_field_of_view
 from common.imaging import FIELD_OF_VIEW_THRESHOLD
-from common.regions import fill_holes, largest_region
 
 NOT_FUNDUS = "not_fundus"
 NO_FIELD_OF_VIEW = "no_field_of_view"
@@ -55,6 +55,8 @@ MEASURES = (
     "fov_area",  # share of the frame the field of view covers
     "fov_visible",  # field-of-view area over the area of its fitted circle
     "fov_roundness",  # share of its edge, away from the frame, that lies on that circle
+    "fov_fill",  # share of its own bounding box it fills: a rectangle ~1, a circle 0.79
+    "detail",  # fine dark structure (vessels) in the green channel, relative to its level
     "red_share",  # mean red / (red + green + blue) inside the field of view
     "blue_green_ratio",  # mean blue / mean green inside it
     "brightness",  # mean 8-bit luminance inside it
@@ -74,6 +76,7 @@ _UPPER_BOUNDS = {
     "max_fov_area": 1.0,
     "min_fov_visible": 1.0,
     "min_fov_roundness": 1.0,
+    "min_fov_fill": 1.0,
     "min_red_share": 1.0,
     "min_brightness": 255.0,
     "max_brightness": 255.0,
@@ -94,9 +97,18 @@ class QualityThresholds:
     # The comments give what the synthetic evaluation set (common.quality_samples) measures.
     min_fov_area: float = 0.10  # clean photographs 0.35 up; a disc far too small, 0.05 down
     max_fov_area: float = 0.97  # past it, with no round edge either: no dark surround
-    min_fov_visible: float = 0.6  # a 45° camera's cut top and bottom leave 0.92; crops 0.5
+    # of the plausible 45° field: a cut top and bottom leaves 0.92, a side cut 0.85 up, a
+    # rectangle the retina fills 0.61 (4:3) to 0.64 (square); a misaimed camera 0.5 down
+    min_fov_visible: float = 0.55
     max_fov_visible: float = 1.3  # discs up to 1.15; past it the circle is not their edge
     min_fov_roundness: float = 0.5  # that cut leaves 0.65 of the free edge on the circle
+    # a field of view filling this share of its own box is a rectangular crop (a circle
+    # fills 0.79, one cut top and bottom up to 0.87, a rectangle with rounded corners 0.95 up)
+    min_fov_fill: float = 0.88
+    # fine structure a rectangle filling the frame must show to be retina: real and
+    # synthetic retinas 0.02 to 0.14 (0.025 after a 5 px blur); flat or smooth
+    # fundus-coloured pictures 0.003 to 0.01
+    min_detail: float = 0.015
     min_red_share: float = 0.40  # fundi 0.5 to 0.7; grey is 0.33
     max_blue_green_ratio: float = 1.0  # fundi 0.2 to 0.8: blue never outweighs green
     min_brightness: float = 20.0  # dark pigmented fundi 41 up; underexposed 5 to 16
@@ -156,16 +168,6 @@ class QualityReport:
         return "recapture: " + "; ".join(explained)
 
 
-@dataclass(frozen=True)
-class _FieldOfView:
-    """The bright disc, on the small copy it was found on."""
-
-    region: np.ndarray  # bool HxW, holes filled; all False when nothing stands out
-    radius: float  # of the fitted circle; 0 when no round edge shows
-    visible: float
-    roundness: float
-
-
 def assess_quality(
     image: Image.Image, thresholds: QualityThresholds = DEFAULT_THRESHOLDS
 ) -> QualityReport:
@@ -173,8 +175,7 @@ def assess_quality(
     work = _working_copy(image)
     factor = max(1, math.ceil(max(work.size) / GEOMETRY_SIDE))
     small = np.asarray(work.reduce(factor) if factor > 1 else work)
-    value = np.maximum(np.maximum(small[..., 0], small[..., 1]), small[..., 2])
-    fov = _field_of_view(value)
+    fov = _field_of_view(small)
     radius = fov.radius
     inside = _erode(fov.region, 2 * radius * _EDGE_MARGIN) if radius else fov.region
     if not inside.any():
@@ -184,9 +185,11 @@ def assess_quality(
     red, green, blue = pixels.mean(axis=0)
     luminance = pixels @ _LUMA
     measures = {
-        "fov_area": float(fov.region.mean()),
+        "fov_area": fov.frame_area,
         "fov_visible": fov.visible,
         "fov_roundness": fov.roundness,
+        "fov_fill": fov.fill,
+        "detail": _detail(small[..., 1], inside),
         "red_share": red / max(red + green + blue, 1e-6),
         "blue_green_ratio": blue / max(green, 1e-6),
         "brightness": luminance.mean(),
@@ -200,15 +203,23 @@ def assess_quality(
 
 def _judge(m: Mapping[str, float], t: QualityThresholds) -> tuple[str, ...]:
     """The reasons the measures fail, in :data:`REASONS` order."""
+    round_edge = m["fov_roundness"] >= t.min_fov_roundness
+    # a rectangular crop has no round edge: the retina filling it, vessels and all, is the
+    # evidence instead
+    retina_fills_box = m["fov_fill"] >= t.min_fov_fill and m["detail"] >= t.min_detail
     framed = (
         m["fov_area"] >= t.min_fov_area
-        and m["fov_roundness"] >= t.min_fov_roundness
+        and (round_edge or retina_fills_box)
         and m["fov_visible"] <= t.max_fov_visible
     )
-    dark = m["brightness"] < t.min_brightness
     washed_out = m["brightness"] > t.max_brightness or m["saturated"] > t.max_saturated
     pale = m["red_share"] < t.min_red_share
     bluish = m["blue_green_ratio"] > t.max_blue_green_ratio
+    # Near black, the colour is the sensor's noise and black level, not the retina's: a
+    # dim picture that shows no fundus colour is too dark to judge, not something else.
+    dark = m["brightness"] < t.min_brightness or (
+        m["brightness"] < 1.5 * t.min_brightness and (pale or bluish)
+    )
     if not framed:
         if dark:
             return (UNDEREXPOSED,)
@@ -217,7 +228,7 @@ def _judge(m: Mapping[str, float], t: QualityThresholds) -> tuple[str, ...]:
         return (NOT_FUNDUS,) if pale or bluish or full_frame else (NO_FIELD_OF_VIEW,)
     # A washed-out retina loses its red, but not the order of green over blue; and on a
     # picture that is no retina, exposure and focus mean nothing.
-    if bluish or (pale and not washed_out):
+    if (bluish or (pale and not washed_out)) and not dark:
         return (NOT_FUNDUS,)
     failed = {
         FIELD_OF_VIEW_CUT_OFF: m["fov_visible"] < t.min_fov_visible,
@@ -235,54 +246,20 @@ def _working_copy(image: Image.Image) -> Image.Image:
     return rgb.reduce(factor) if factor > 1 else rgb
 
 
-def _field_of_view(value: np.ndarray) -> _FieldOfView:
-    """The bright disc: thresholded, its largest region, a circle fitted to its free edge."""
-    counts = np.bincount(value.ravel(), minlength=256).cumsum()
+def _field_of_view(small: np.ndarray) -> FieldOfView:
+    """The field of view on the small copy: inside any edge bars, above the dark surround."""
+    frame = edge_bars(small)
+    left, top, right, bottom = frame
+    value = np.maximum(np.maximum(small[..., 0], small[..., 1]), small[..., 2])
+    counts = np.bincount(value[top:bottom, left:right].ravel(), minlength=256).cumsum()
     darkest, bright = np.searchsorted(counts, [0.01 * counts[-1], 0.95 * counts[-1]])
     # The threshold follows a dim exposure down, so that a dark photograph is still framed
     # (and then called underexposed), and a surround some cameras leave dark grey up; but
     # it stops at that grey, so a picture bright from edge to edge stays one whole region.
     floor = min(float(darkest), 40.0) + 8.0
-    threshold = max(floor, min(float(FIELD_OF_VIEW_THRESHOLD), 0.25 * float(bright)))
-    region = fill_holes(largest_region(value > threshold))
-    circle = _fit_circle(region)
-    if circle is None:
-        return _FieldOfView(region, 0.0, 0.0, 0.0)
-    radius, roundness = circle
-    return _FieldOfView(region, radius, float(region.sum() / (math.pi * radius**2)), roundness)
-
-
-def _fit_circle(region: np.ndarray) -> tuple[float, float] | None:
-    """Radius and roundness of the circle through the region's free edge, if it has one.
-
-    The free edge is the region's boundary away from the picture's border, where the frame
-    rather than the camera's aperture cuts the disc. A least-squares (Kåsa) fit is repeated
-    on the points near the last circle, so that the straight cuts at a 45° camera's top and
-    bottom do not pull it; roundness is the share of the free edge left on the circle.
-    """
-    inner = region.copy()
-    inner[1:, :] &= region[:-1, :]
-    inner[:-1, :] &= region[1:, :]
-    inner[:, 1:] &= region[:, :-1]
-    inner[:, :-1] &= region[:, 1:]
-    edge = region & ~inner
-    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = False
-    ys, xs = np.nonzero(edge)
-    if xs.size < 16:
-        return None
-    xs, ys = xs.astype(np.float64), ys.astype(np.float64)
-    keep = np.ones(xs.size, dtype=bool)
-    for _ in range(4):
-        design = np.column_stack([xs[keep], ys[keep], np.ones(int(keep.sum()))])
-        (d, e, f), *_ = np.linalg.lstsq(design, -(xs[keep] ** 2 + ys[keep] ** 2), rcond=None)
-        cx, cy = -d / 2, -e / 2
-        radius = math.sqrt(max(cx**2 + cy**2 - f, 1e-6))
-        residual = np.abs(np.hypot(xs - cx, ys - cy) - radius)
-        tolerance = max(1.5, 0.04 * radius)
-        keep = residual <= max(tolerance, 1.5 * float(np.median(residual[keep])))
-        if keep.sum() < 8:
-            return None
-    return radius, float((residual <= tolerance).mean())
+    # A dark myopic fundus fades to 10-20 at its rim: 12 % of the bright end still holds it.
+    threshold = max(floor, min(float(FIELD_OF_VIEW_THRESHOLD), 0.12 * float(bright)))
+    return find_field_of_view(value, threshold, frame)
 
 
 def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -338,3 +315,31 @@ def _laplacian_variance(image: Image.Image, mask: Image.Image) -> float:
         pixels[:-2, 1:-1] + pixels[2:, 1:-1] + pixels[1:-1, :-2] + pixels[1:-1, 2:]
     ) - 4.0 * pixels[1:-1, 1:-1]
     return float(laplacian[inside].var()) if inside.any() else 0.0
+
+
+def _detail(green: np.ndarray, inside: np.ndarray) -> float:
+    """How much fine structure the green channel has inside the field of view: the mean
+    absolute difference from a 5-pixel local mean, over the mean level.
+
+    Vessels and the choroid's pattern give a retina plenty even when defocused; a flat
+    or smoothly shaded picture that merely has a fundus's colour has almost none.
+    """
+    if inside.sum() < 25:
+        return 0.0
+    local = _box_mean(green.astype(np.float32), 2)
+    level = float(green[inside].mean())
+    return float(np.abs(green[inside] - local[inside]).mean()) / max(level, 1.0)
+
+
+def _box_mean(plane: np.ndarray, half: int) -> np.ndarray:
+    """Mean of every (2*half+1)-square window, edges repeated: running sums, no SciPy."""
+    width = 2 * half + 1
+    padded = np.pad(plane, half + 1, mode="edge")
+    table = padded.cumsum(axis=0).cumsum(axis=1)
+    window = (
+        table[width:, width:]
+        - table[:-width, width:]
+        - table[width:, :-width]
+        + table[:-width, :-width]
+    )
+    return window[: plane.shape[0], : plane.shape[1]] / (width * width)
