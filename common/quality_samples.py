@@ -129,6 +129,106 @@ def _compressed(rng: np.random.Generator) -> Image.Image:
     return _jpeg(_fundus(rng, size), int(rng.integers(60, 86)))
 
 
+def _retina_crop(rng: np.random.Generator, aspect: float) -> Image.Image:
+    """The middle of a fundus, as a camera that crops to a rectangle exports it."""
+    image = _fundus(rng, 768)
+    left, top, right, bottom = field_of_view_box(image)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    # a rectangle inscribed in the disc: its corners just inside the rim
+    radius = 0.97 * min(right - left, bottom - top) / 2
+    half_h = radius / np.hypot(aspect, 1.0)
+    half_w = aspect * half_h
+    box = (round(cx - half_w), round(cy - half_h), round(cx + half_w), round(cy + half_h))
+    return image.crop(box).resize((round(512 * aspect), 512), Image.Resampling.BILINEAR)
+
+
+def _rectangle(rng: np.random.Generator) -> Image.Image:
+    """The retina fills a 4:3 or square frame, corners sometimes rounded or clipped black."""
+    image = _retina_crop(rng, float(rng.choice((1.0, 4 / 3))))
+    corner = int(rng.choice((0, 30, 60)))
+    if corner:
+        mask = Image.new("L", image.size, 0)
+        ImageDraw.Draw(mask).rounded_rectangle([0, 0, *image.size], radius=corner, fill=255)
+        image = Image.composite(image, Image.new("RGB", image.size), mask)
+    return _jpeg(image, int(rng.integers(80, 95)))
+
+
+def _white_bar(rng: np.random.Generator) -> Image.Image:
+    """A rectangular crop, slightly defocused, with a white bar along one edge (an export's)."""
+    image = _retina_crop(rng, 4 / 3).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.0)))
+    depth = int(rng.integers(20, 60))
+    width, height = image.size
+    edge = int(rng.integers(4))
+    bar = [(0, 0, width, depth), (0, height - depth, width, height)]
+    bar += [(0, 0, depth, height), (width - depth, 0, width, height)]
+    canvas = image.copy()
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle(bar[edge], fill=tuple(int(c) for c in rng.integers(235, 256, 3)))
+    return _jpeg(canvas, 90)
+
+
+def _side_cut(rng: np.random.Generator) -> Image.Image:
+    """A disc cut by the frame on the left and right, and at the top and bottom, with a
+    small notch in its rim (the marker many cameras' masks carry)."""
+    image = _notched(rng)
+    left, top, right, bottom = field_of_view_box(image)
+    cut = rng.uniform(0.04, 0.08) * (right - left)
+    cut_v = rng.uniform(0.0, 0.06) * (bottom - top)
+    return image.crop(
+        (round(left + cut), round(top + cut_v), round(right - cut), round(bottom - cut_v))
+    )
+
+
+def _notched(rng: np.random.Generator) -> Image.Image:
+    """A whole disc with a notch cut into its rim and a small bright marker beside it."""
+    image = _fundus(rng)
+    left, top, right, bottom = field_of_view_box(image)
+    cx, cy, radius = (left + right) / 2, (top + bottom) / 2, (right - left) / 2
+    angle = rng.uniform(0, 2 * np.pi)
+    x, y = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
+    draw = ImageDraw.Draw(image)
+    size = rng.uniform(8, 16)
+    draw.polygon([(x - size, y), (x, y - size), (x + size, y), (x, y + size)], fill=(0, 0, 0))
+    mark = cx + (radius + 6) * np.cos(angle + 0.3), cy + (radius + 6) * np.sin(angle + 0.3)
+    draw.ellipse([mark[0] - 4, mark[1] - 4, mark[0] + 4, mark[1] + 4], fill=(220, 220, 220))
+    return image
+
+
+def _logo(rng: np.random.Generator) -> Image.Image:
+    """A logo and a caption burnt in over the rim, as some cameras' exports carry."""
+    image = _fundus(rng)
+    left, top, right, bottom = field_of_view_box(image)
+    draw = ImageDraw.Draw(image)
+    x = int(rng.integers(left, right - 120))
+    y = int(rng.choice((top - 10, bottom - 30)))
+    draw.rectangle([x, y, x + 40, y + 40], fill=(240, 240, 240))
+    draw.ellipse([x + 8, y + 8, x + 32, y + 32], fill=(30, 60, 160))
+    for word in range(int(rng.integers(2, 5))):
+        start = x + 50 + 22 * word
+        draw.rectangle([start, y + 14, start + 18, y + 24], fill=(250, 250, 250))
+    return image
+
+
+def _dark_myopic(rng: np.random.Generator) -> Image.Image:
+    """A dark, tessellated, highly myopic fundus (mean luminance 28-40) whose retina fades
+    towards the black surround, with bright atrophy around the disc."""
+    image = _fundus(rng)
+    pixels = _array(image)
+    left, top, right, bottom = field_of_view_box(image)
+    cx, cy, radius = (left + right) / 2, (top + bottom) / 2, (right - left) / 2
+    yy, xx = np.mgrid[0 : image.height, 0 : image.width].astype(np.float32)
+    fall = np.clip(1.0 - 0.6 * (np.hypot(xx - cx, yy - cy) / radius) ** 2, 0.3, 1.0)
+    stripes = 1.0 + 0.2 * np.sin(xx * 0.35 + 3 * np.sin(yy * 0.05))[..., None]
+    pixels *= fall[..., None] * stripes
+    pixels *= rng.uniform(28.0, 40.0) / _luminance_in_disc(pixels)
+    # the atrophy: a pale crescent beside the disc, brighter than anything else
+    side = 1 if rng.random() < 0.5 else -1
+    ax, ay = cx + side * 0.38 * radius, cy
+    atrophy = np.clip(1.0 - np.hypot(xx - ax, (yy - ay) * 0.8) / (0.16 * radius), 0.0, 1.0)
+    pixels += (atrophy**0.5)[..., None] * (np.array([235.0, 200.0, 150.0]) - pixels)
+    return _image(pixels)
+
+
 # --- degraded: each fails for one reason -----------------------------------------------------
 
 
@@ -139,6 +239,33 @@ def _blurred(rng: np.random.Generator) -> Image.Image:
     pixels = _array(_fundus(rng, size).filter(ImageFilter.GaussianBlur(sigma)))
     pixels += rng.normal(0.0, 1.5, pixels.shape).astype(np.float32) * _disc_mask(pixels)
     return _jpeg(_image(pixels), 90)
+
+
+def _rectangle_blurred(rng: np.random.Generator) -> Image.Image:
+    """A rectangular crop out of focus: defocus of 3 to 6 px at 512 px."""
+    image = _retina_crop(rng, float(rng.choice((1.0, 4 / 3))))
+    return _jpeg(image.filter(ImageFilter.GaussianBlur(float(rng.choice((3.0, 4.5, 6.0))))), 90)
+
+
+def _rectangle_dark(rng: np.random.Generator) -> Image.Image:
+    """A rectangular crop with too little light: mean luminance 5..15."""
+    pixels = _array(_retina_crop(rng, 4 / 3))
+    pixels *= rng.uniform(5.0, 15.0) / _luminance_in_disc(pixels)
+    return _image(pixels + rng.normal(0.0, 1.0, pixels.shape).astype(np.float32))
+
+
+def _side_cut_off_centre(rng: np.random.Generator) -> Image.Image:
+    """A notched disc whose centre the camera left near a side: under half of it shows."""
+    image = _notched(rng)
+    left, top, right, bottom = field_of_view_box(image)
+    width = right - left
+    shift = rng.uniform(0.55, 0.75) * width
+    box = (round(left + shift), top, round(left + shift + width), bottom)
+    return (
+        image.crop(box)
+        if rng.random() < 0.5
+        else image.crop(box).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
 
 
 def _dark(rng: np.random.Generator) -> Image.Image:
@@ -285,8 +412,17 @@ KINDS: dict[str, tuple[str | None, Maker]] = {
     "blond": (None, _blond),
     "annotated": (None, _annotated),
     "jpeg": (None, _compressed),
+    "rectangle": (None, _rectangle),
+    "white_bar": (None, _white_bar),
+    "side_cut": (None, _side_cut),
+    "notched": (None, _notched),
+    "logo": (None, _logo),
+    "dark_myopic": (None, _dark_myopic),
     "blurred": (BLURRED, _blurred),
     "dark": (UNDEREXPOSED, _dark),
+    "rectangle_dark": (UNDEREXPOSED, _rectangle_dark),
+    "rectangle_blurred": (BLURRED, _rectangle_blurred),
+    "side_cut_off_centre": (FIELD_OF_VIEW_CUT_OFF, _side_cut_off_centre),
     "overexposed": (OVEREXPOSED, _overexposed),
     "off_centre": (FIELD_OF_VIEW_CUT_OFF, _off_centre),
     "small_disc": (NO_FIELD_OF_VIEW, _small_disc),
