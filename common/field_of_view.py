@@ -41,6 +41,7 @@ BAR_MAX_DEPTH = 0.2  # of the side: deeper than this it is the picture, not a ba
 RECTANGLE_MIN_FILL = 0.88  # of its bounding box a rectangle (rounded corners) fills
 _RANSAC_TRIALS = 96
 _MIN_EDGE_POINTS = 16
+_ARC_BINS = 90  # 4° each
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ def _fit_free_edge(
     # a trio that repeats a point has no circle: its radius comes out infinite, and is dropped
     trios = rng.integers(0, xs.size, (_RANSAC_TRIALS, 3))
     centres, radii = _circles_through(points[trios])
-    plausible = np.isfinite(radii) & (radii > 0.1 * size) & (radii < 2.0 * size)
+    # a straight side would fit a huge circle: no camera's aperture is that much wider
+    plausible = np.isfinite(radii) & (radii > 0.1 * size) & (radii < 0.8 * size)
     if not plausible.any():
         return None
     centres, radii = centres[plausible], radii[plausible]
@@ -168,7 +170,18 @@ def _fit_free_edge(
         return None
     cx, cy, radius = _least_squares_circle(points[keep])
     residual = np.abs(np.hypot(points[:, 0] - cx, points[:, 1] - cy) - radius)
-    return radius, float((residual <= max(1.5, 0.04 * radius)).mean())
+    on_circle = points[residual <= max(1.5, 0.04 * radius)]
+    # Roundness is how much of the circle's arc inside the frame the edge follows: text
+    # or a logo stuck to the rim adds edge that is off the circle but hides none of it.
+    angles = np.linspace(0.0, 2 * math.pi, _ARC_BINS, endpoint=False)
+    arc_x, arc_y = cx + radius * np.cos(angles), cy + radius * np.sin(angles)
+    in_frame = (arc_x > left + 1) & (arc_x < right - 2) & (arc_y > top + 1) & (arc_y < bottom - 2)
+    if not in_frame.any():
+        return None
+    seen = np.zeros(_ARC_BINS, dtype=bool)
+    found = np.arctan2(on_circle[:, 1] - cy, on_circle[:, 0] - cx) % (2 * math.pi)
+    seen[np.minimum((found / (2 * math.pi) * _ARC_BINS).astype(int), _ARC_BINS - 1)] = True
+    return radius, float((seen & in_frame).sum() / in_frame.sum())
 
 
 def _circles_through(trios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -204,9 +204,13 @@ def assess_quality(
 def _judge(m: Mapping[str, float], t: QualityThresholds) -> tuple[str, ...]:
     """The reasons the measures fail, in :data:`REASONS` order."""
     round_edge = m["fov_roundness"] >= t.min_fov_roundness
-    # a rectangular crop has no round edge: the retina filling it, vessels and all, is the
-    # evidence instead
-    retina_fills_box = m["fov_fill"] >= t.min_fov_fill and m["detail"] >= t.min_detail
+    # A rectangular crop has no round edge: the retina filling it, vessels and all, is the
+    # evidence instead. Defocus smooths the vessels away too, but leaves what detail there
+    # is coarse (low focus), where a flat picture has none and its noise is fine: that is a
+    # blurred retina.
+    retina_fills_box = m["fov_fill"] >= t.min_fov_fill and (
+        m["detail"] >= t.min_detail or 0 < m["focus"] < t.min_focus
+    )
     framed = (
         m["fov_area"] >= t.min_fov_area
         and (round_edge or retina_fills_box)
