@@ -215,14 +215,16 @@ def list_batches() -> Response:
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
     )
-    rows = scope().batches_page(decode_cursor(request.args.get("cursor"), _BATCHES), limit)
+    programme_id = scope().programme_id
+    after = decode_cursor(request.args.get("cursor"), _BATCHES, programme_id)
+    rows = scope().batches_page(after, limit)
     page, more = rows[:limit], len(rows) > limit
     links = {"self": self_url()}
     if more:
         links["next"] = url_for(
             "v1.batches.list_batches",
             limit=limit,
-            cursor=encode_cursor(page[-1].id, _BATCHES),
+            cursor=encode_cursor(page[-1].id, _BATCHES, programme_id),
             _external=True,
         )
     return jsonify({"items": [batch_brief(b) for b in page], "links": links})

@@ -51,17 +51,18 @@ class CursorSealer:
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_PURPOSE).derive(secret)
         self._aead = AESGCM(key)
 
-    def seal(self, position: bytes, listing: str, batch_id: uuid.UUID | None = None) -> str:
-        """An opaque cursor after ``position`` that only ``listing`` (of ``batch_id``) opens."""
+    def seal(self, position: bytes, listing: str, scope_id: uuid.UUID | None = None) -> str:
+        """An opaque cursor after ``position`` that only ``listing`` (of ``scope_id``, the batch
+        or, for the batches listing, the programme) opens."""
         if len(position) > 0xFFFF:
             raise ValueError("a cursor position is at most 65535 bytes")
         framed = struct.pack(">H", len(position)) + position
         framed += b"\0" * (-len(framed) % _PAD_TO)
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, framed, _context(listing, batch_id))
+        sealed = self._aead.encrypt(nonce, framed, _context(listing, scope_id))
         return base64.urlsafe_b64encode(_VERSION + nonce + sealed).decode().rstrip("=")
 
-    def open(self, cursor: str, listing: str, batch_id: uuid.UUID | None = None) -> bytes:
+    def open(self, cursor: str, listing: str, scope_id: uuid.UUID | None = None) -> bytes:
         """The position sealed in ``cursor``; :class:`InvalidCursor` for anything else."""
         if len(cursor) > MAX_CURSOR_LENGTH:
             raise InvalidCursor("too long")
@@ -77,7 +78,7 @@ class CursorSealer:
             raise InvalidCursor("not a cursor")
         nonce, sealed = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
         try:
-            framed = self._aead.decrypt(nonce, sealed, _context(listing, batch_id))
+            framed = self._aead.decrypt(nonce, sealed, _context(listing, scope_id))
         except InvalidTag as exc:
             raise InvalidCursor("not sealed by this key for this listing") from exc
         (length,) = struct.unpack(">H", framed[:2])
@@ -86,9 +87,9 @@ class CursorSealer:
         return framed[2 : 2 + length]
 
 
-def _context(listing: str, batch_id: uuid.UUID | None) -> bytes:
+def _context(listing: str, scope_id: uuid.UUID | None) -> bytes:
     """Associated data: the cursor is authentic only for the listing (and batch) it names."""
-    return _VERSION + f"{listing}\n{batch_id or ''}".encode()
+    return _VERSION + f"{listing}\n{scope_id or ''}".encode()
 
 
 def cursor_sealer(settings: Settings) -> CursorSealer:

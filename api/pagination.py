@@ -13,19 +13,20 @@ def _invalid() -> ApiError:
     return ApiError(400, "invalid_cursor", "the cursor is not valid; start again without one")
 
 
-def encode_cursor(last_id: uuid.UUID, listing: str, batch_id: uuid.UUID | None = None) -> str:
-    """A cursor after ``last_id`` that only ``listing`` (of ``batch_id``) accepts."""
-    return api_state().cursors.seal(last_id.bytes, listing, batch_id)
+def encode_cursor(last_id: uuid.UUID, listing: str, scope_id: uuid.UUID | None = None) -> str:
+    """A cursor after ``last_id`` that only ``listing`` (of ``scope_id``, the batch or, for
+    the batches listing, the programme) accepts."""
+    return api_state().cursors.seal(last_id.bytes, listing, scope_id)
 
 
 def decode_cursor(
-    cursor: str | None, listing: str, batch_id: uuid.UUID | None = None
+    cursor: str | None, listing: str, scope_id: uuid.UUID | None = None
 ) -> uuid.UUID | None:
     """The id a cursor points after; 400 for anything not issued by ``listing``."""
     if not cursor:
         return None
     try:
-        raw = api_state().cursors.open(cursor, listing, batch_id)
+        raw = api_state().cursors.open(cursor, listing, scope_id)
     except InvalidCursor as exc:
         raise _invalid() from exc
     if len(raw) != 16:
@@ -33,19 +34,19 @@ def decode_cursor(
     return uuid.UUID(bytes=raw)
 
 
-def encode_text_cursor(last: str, listing: str, batch_id: uuid.UUID | None = None) -> str:
+def encode_text_cursor(last: str, listing: str, scope_id: uuid.UUID | None = None) -> str:
     """A cursor after a text key (a patient id); sealed, so the key never shows in a URL."""
-    return api_state().cursors.seal(last.encode(), listing, batch_id)
+    return api_state().cursors.seal(last.encode(), listing, scope_id)
 
 
 def decode_text_cursor(
-    cursor: str | None, listing: str, batch_id: uuid.UUID | None = None
+    cursor: str | None, listing: str, scope_id: uuid.UUID | None = None
 ) -> str | None:
     """The text key a cursor points after; 400 for anything not issued by ``listing``."""
     if not cursor:
         return None
     try:
-        value = api_state().cursors.open(cursor, listing, batch_id).decode()
+        value = api_state().cursors.open(cursor, listing, scope_id).decode()
     except (InvalidCursor, UnicodeDecodeError) as exc:
         raise _invalid() from exc
     if not value:

@@ -259,6 +259,20 @@ def test_a_cursor_works_only_on_the_listing_and_batch_that_issued_it(
         _invalid(client, f"{two['links'][listing]}?cursor={cursors[listing]}", auth)
 
 
+def test_another_programme_cannot_replay_a_batches_cursor(
+    client: FlaskClient,
+    auth: dict[str, str],
+    make_programme: Callable[[str], dict[str, str]],
+    fundus_jpeg: Callable[..., bytes],
+) -> None:
+    other = make_programme("South")
+    for headers in (auth, auth, other, other):
+        _submit(client, headers, fundus_jpeg)
+    mine = client.get("/v1/batches?limit=1", headers=auth).get_json()["links"]["next"]
+    assert client.get(mine, headers=auth).status_code == 200
+    _invalid(client, f"/v1/batches?limit=1&cursor={_cursor(mine)}", other)
+
+
 def test_rotating_the_secret_invalidates_cursors(
     make_app: Callable[..., Flask], auth: dict[str, str], fundus_jpeg: Callable[..., bytes]
 ) -> None:
