@@ -1,6 +1,7 @@
 """``Idempotency-Key`` on every POST under ``/v1``: a retried request is answered, not redone.
 
-A client may send ``Idempotency-Key: <1-255 printable ASCII characters>`` with any POST.
+A client may send ``Idempotency-Key: <1-255 printable ASCII characters, no comma>`` with
+any POST.
 Keys belong to the authenticated programme, so two programmes never see each other's.
 
 * The first request reserves the key (a row with no status) in a transaction of its own,
@@ -47,7 +48,9 @@ from common.storage import HashingSpool
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+# No comma: a header sent twice reaches the application joined by one ("k1,k2"), and two
+# keys must not pass for a third.
+_VALID_KEY = re.compile(r"[\x20-\x2b\x2d-\x7e]{1,255}")
 # Headers that describe one exchange rather than the resource; a replay gets fresh ones.
 _PER_REQUEST_HEADERS = frozenset({"content-length", "date", "server", "set-cookie", "x-request-id"})
 
@@ -91,7 +94,8 @@ def _idempotency_key() -> str | None:
         raise ApiError(
             400,
             "invalid_idempotency_key",
-            f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters",
+            f"send one {IDEMPOTENCY_HEADER} of 1 to 255 printable ASCII characters, "
+            "without a comma",
         )
     return key
 

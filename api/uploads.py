@@ -188,6 +188,7 @@ def uploaded_images(request: StreamingRequest, max_files: int) -> list[FileStora
         raise ApiError(
             415, "unsupported_media_type", "send images as multipart/form-data 'images' parts"
         )
+    _refuse_unknown_or_repeated_parts(request)
     files = request.files.getlist("images")
     if not files:
         raise ApiError(422, "no_images", "the request has no 'images' file parts")
@@ -212,3 +213,22 @@ def uploaded_metadata(request: StreamingRequest, max_bytes: int) -> dict[str, Im
     if len(data) > max_bytes:
         raise ApiError(413, "metadata_too_large", f"metadata exceeds {max_bytes} bytes")
     return parse_metadata_csv(data)
+
+
+_FILE_PARTS = frozenset({"images", "metadata"})
+_FIELD_PARTS = frozenset({"metadata", "reference", "explain"})
+
+
+def _refuse_unknown_or_repeated_parts(request: StreamingRequest) -> None:
+    """422 for parts the API does not know (a misspelt ``image`` would be lost) and for a
+    second metadata part (which of the two would apply?)."""
+    unknown = sorted((set(request.files) - _FILE_PARTS) | (set(request.form) - _FIELD_PARTS))
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_fields",
+            f"unknown part(s) {echo_client_values(unknown)}; send images, metadata, "
+            "reference and explain",
+        )
+    if len(request.files.getlist("metadata")) + len(request.form.getlist("metadata")) > 1:
+        raise ApiError(422, "duplicate_field", "send one metadata part")

@@ -55,6 +55,32 @@ def nothing(_jpeg: bytes) -> dict[str, Any]:
 
 
 CASES = [
+    # parts the API does not know, or a second metadata part, used to be dropped silently
+    case(
+        "misspelt-part",
+        422,
+        "unknown_fields",
+        "POST",
+        BATCHES,
+        lambda j: _images(j, image="a photograph under the wrong name"),
+    ),
+    case(
+        "two-metadata-parts",
+        422,
+        "duplicate_field",
+        "POST",
+        BATCHES,
+        lambda j: _images(j, metadata=["filename\neye.jpg\n", "filename\neye.jpg\n"]),
+    ),
+    # two Idempotency-Key headers arrive joined by a comma and used to pass as a third key
+    case(
+        "idempotency-key-twice",
+        400,
+        "invalid_idempotency_key",
+        "POST",
+        BATCHES,
+        lambda j: {"json": {"open": True}, "headers": {"Idempotency-Key": "q1,q2"}},
+    ),
     # reference: NUL used to reach PostgreSQL and answer 500
     case(
         "ref-nul-form",
