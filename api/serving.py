@@ -11,9 +11,14 @@ request) started is answered 408 and closed; one larger than ``MAX_HEAD_BYTES`` 
 
 A request *body* is read on the thread, by design: uploads stream into the image store as
 they arrive. Each read of the socket is bounded by ``BODY_IDLE_TIMEOUT_S`` (a client that
-goes silent mid-body loses its request), and so is each write of a response. The server's
+goes silent mid-body gets 408 ``body_timeout``), and so is each write of a response. So that
+stalled bodies cannot hold every thread, a process admits only so many requests with a
+body at once, and one API key only a share of them (``api.admission``); one over either cap
+is answered 503 ``server_busy`` from the event loop, without a thread. A body gunicorn
+cannot parse is the client's error, not the app's (``api.request_bodies``). The server's
 own errors (a malformed or oversized request line or header) answer in the API's JSON error
-shape instead of gunicorn's HTML page.
+shape instead of gunicorn's HTML page, and a connection closed after one of them lingers
+briefly in the event loop, reading, so that the client gets the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import selectors
 import socket
 import struct
 import time
+from collections import deque
 from datetime import datetime
 from functools import partial
 from http import HTTPStatus
@@ -30,13 +36,22 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
-from gunicorn.http.message import MAX_REQUEST_LINE
+from gunicorn.http.message import MAX_REQUEST_LINE, Request
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from api.admission import BodySlots, body_request
+from api.request_bodies import guard_body
+from common.settings import get_settings
 
 HEADER_TIMEOUT_S = 15.0
 BODY_IDLE_TIMEOUT_S = 60.0
 MAX_HEAD_BYTES = 64 * 1024
+BUSY_RETRY_AFTER_S = 5
+# A closed connection's unread bytes would make the kernel reset it, and the client could
+# lose the answer written just before: read and drop what comes for this long (or this much).
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
 _READ_SIZE = 64 * 1024
 
 # (exception types, status, code, message); the first match wins. Messages are fixed
@@ -110,20 +125,29 @@ _CLIENT_ERRORS: tuple[tuple[tuple[type[BaseException], ...], int, str, str], ...
 )
 
 
-def json_error(status: int, code: str, message: str) -> bytes:
+def json_error(status: int, code: str, message: str, extra_headers: str = "") -> bytes:
     """A complete ``Connection: close`` response in the API's error shape."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
+        f"{extra_headers}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
 
 
+def _has_unprintable(text: object) -> bool:
+    return isinstance(text, str) and any(not " " <= char <= "~" for char in text)
+
+
 def classify_error(exc: BaseException) -> tuple[int, str, str]:
     """Status, code and message for an exception gunicorn raised while reading a request."""
+    # gunicorn keeps the refused line (latin-1 text) on the exception: control or
+    # non-ASCII bytes there are a target that is no valid path, not a garbled line.
+    if isinstance(exc, errors.InvalidRequestLine) and _has_unprintable(exc.req):
+        return 400, "invalid_path", "the request target has bytes a path may not contain"
     for kinds, status, code, message in _CLIENT_ERRORS:
         if isinstance(exc, kinds):
             return status, code, message
@@ -170,6 +194,16 @@ class HeadFirstWorker(ThreadWorker):
             raise RuntimeError(
                 "HeadFirstWorker serves plain HTTP/1.x; terminate TLS and HTTP/2 at the proxy"
             )
+
+    def init_process(self) -> None:
+        """Size this process's body slots from its thread count, then run as ``gthread``."""
+        settings = get_settings()
+        self.body_slots = BodySlots.for_threads(
+            int(self.cfg.threads), settings.api_reserved_threads, settings.api_key_upload_share
+        )
+        self.max_chunk_bytes = settings.max_request_bytes
+        self.closing_conns: deque[TConn] = deque()
+        super().init_process()  # runs the event loop until the worker stops
 
     def _line_limit(self) -> int:
         limit = int(self.cfg.limit_request_line)
@@ -218,8 +252,20 @@ class HeadFirstWorker(ThreadWorker):
                 ),
             )
 
+    def on_closing_socket_readable(self, conn: TConn, client: Any) -> None:
+        """Drop what a refused client still sends until it stops (or sends too much)."""
+        try:
+            data = conn.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.lingered += len(data)
+        if not data or conn.lingered > LINGER_MAX_BYTES:
+            self._close_lingering(conn)
+
     def murder_pending(self) -> None:
-        """Close connections whose head is late: 408 when they had begun one."""
+        """Close connections whose head is late (408 when they had begun one) or who lingered."""
         now = time.monotonic()
         while self.pending_conns and self.pending_conns[0].timeout <= now:
             conn = self.pending_conns[0]
@@ -229,6 +275,16 @@ class HeadFirstWorker(ThreadWorker):
                 f"the request head did not arrive within {self.header_timeout_s:g} s",
             )
             self._drop_pending(conn, late if conn.head else None)
+        while self.closing_conns and self.closing_conns[0].timeout <= now:
+            self._close_lingering(self.closing_conns[0])
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        """Free the body slot the request held, then keep or close the connection as usual."""
+        held = getattr(conn, "body_slot", None)
+        if held is not None:
+            conn.body_slot = None
+            self.body_slots.release(held)
+        super().finish_request(conn, fs)
 
     def handle(self, conn: TConn) -> Any:
         """On a thread: give the parser the head read so far, then serve as ``gthread`` does."""
@@ -241,6 +297,19 @@ class HeadFirstWorker(ThreadWorker):
         conn.parser.unreader.unread(head)
         return super().handle(conn)
 
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        """Serve one request, its body read through :func:`api.request_bodies.guard_body`."""
+        guard_body(req, self.max_chunk_bytes, self.body_idle_timeout_s)
+        return bool(super().handle_request(req, conn))
+
+    def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
+        # The answer has gone out: a body that cannot be drained (malformed, stalled) only
+        # means the connection closes; it must not become a second, error, response.
+        try:
+            return bool(super()._keepalive_after(conn, keepalive))
+        except Exception:
+            return False
+
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's own refusals, in the API's JSON error shape, without echoing input."""
         request_start = datetime.now()
@@ -252,9 +321,15 @@ class HeadFirstWorker(ThreadWorker):
             self.log.warning(
                 "Invalid request from ip=%s: %s (%s)", addr[0], code, exc.__class__.__name__
             )
-        req = req if req is not None else getattr(exc, "req", None)
         payload = json_error(status, code, message)
-        if req is not None:
+        # The answer first: nothing below may stand between a refused client and it.
+        try:
+            util.write_nonblock(client, payload)
+        except Exception:
+            self.log.debug("Failed to send error message.")
+        # Some errors carry the request they refused; InvalidRequestLine's ``req`` is text.
+        req = req if req is not None else getattr(exc, "req", None)
+        if isinstance(req, Request):
             environ = default_environ(req, client, self.cfg)
             environ["REMOTE_ADDR"] = addr[0]
             environ["REMOTE_PORT"] = str(addr[1])
@@ -262,15 +337,33 @@ class HeadFirstWorker(ThreadWorker):
             resp.status = f"{status} {HTTPStatus(status).phrase}"
             resp.response_length = len(payload)
             self.log.access(resp, req, environ, datetime.now() - request_start)
-        try:
-            util.write_nonblock(client, payload)
-        except Exception:
-            self.log.debug("Failed to send error message.")
 
     def _hand_over(self, conn: TConn) -> None:
+        body = body_request(bytes(conn.head))
+        if body is not None:
+            if not self.body_slots.acquire(body):
+                self._refuse_busy(conn)
+                return
+            conn.body_slot = body
         conn.head_complete = True
         conn.data_ready = True
         self.enqueue_req(conn)
+
+    def _refuse_busy(self, conn: TConn) -> None:
+        self.log.warning(
+            "Busy: refused a request body from ip=%s (%d of %d body slots in use)",
+            conn.client[0] if isinstance(conn.client, tuple) else "",
+            self.body_slots.in_use,
+            self.body_slots.total,
+        )
+        busy = json_error(
+            503,
+            "server_busy",
+            "the server is receiving as many request bodies as it allows, in all or for "
+            f"this API key; retry in {BUSY_RETRY_AFTER_S} s",
+            f"Retry-After: {BUSY_RETRY_AFTER_S}\r\n",
+        )
+        self._drop_pending(conn, busy)
 
     def _unwatch(self, conn: TConn) -> None:
         try:
@@ -284,16 +377,31 @@ class HeadFirstWorker(ThreadWorker):
 
     def _drop_pending(self, conn: TConn, farewell: bytes | None = None) -> None:
         self._unwatch(conn)
-        self.nr_conns -= 1
         if farewell:
             try:
+                conn.sock.setblocking(False)
                 conn.sock.send(farewell)  # non-blocking: best effort, never waits
                 conn.sock.shutdown(socket.SHUT_WR)
-                # Closing with unread bytes would reset the connection, and the client
-                # could lose the answer: read what is already here, without waiting.
-                for _ in range(16):
-                    if not conn.sock.recv(_READ_SIZE):
-                        break
             except OSError:
                 pass
+            else:
+                conn.timeout = time.monotonic() + LINGER_S
+                conn.lingered = 0
+                self.closing_conns.append(conn)
+                self.poller.register(
+                    conn.sock,
+                    selectors.EVENT_READ,
+                    partial(self.on_closing_socket_readable, conn),
+                )
+                return
+        self.nr_conns -= 1
+        conn.close()
+
+    def _close_lingering(self, conn: TConn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        self.closing_conns.remove(conn)
+        self.nr_conns -= 1
         conn.close()

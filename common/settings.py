@@ -117,6 +117,19 @@ class Settings(BaseSettings):
         le=5,
         description="Reverse proxies in front of the API whose X-Forwarded-* headers to trust.",
     )
+    api_reserved_threads: int = Field(
+        default=2,
+        ge=0,
+        description="Threads of each API process never given to a request body (uploads), so "
+        "health probes and status polls always find one; bodies get the rest, at least one.",
+    )
+    api_key_upload_share: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of a process's body slots one API key may hold at once (at least "
+        "one); over it, or over all of them, a request is answered 503 server_busy.",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Seals pagination cursors; every API process needs the same one. The "

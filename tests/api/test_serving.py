@@ -1,7 +1,8 @@
 """The API as served by ``retinaq api`` (gunicorn and our worker class), over raw sockets.
 
-Slow clients must not stall it, its own refusals are JSON, and its access log carries
-no query strings. Unit tables for the worker's head-readiness rule and error mapping close
+Slow clients and stalled uploads must not stall it, its own refusals (malformed heads and
+chunked bodies included) are JSON, and its access log carries no query strings and one
+line per request. Unit tables for the worker's head-readiness rule and error mapping close
 the file.
 """
 
@@ -188,6 +189,16 @@ def _json_error(raw: bytes) -> tuple[int, dict[str, str]]:
             "headers_too_large",
         ),
         (b"G<T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request_line"),
+        (b"GARBAGE\r\n\r\n", 400, "invalid_request_line"),
+        (b"GET\r\n\r\n", 400, "invalid_request_line"),
+        (b"GET /healthz HTTP/1.1\nHost: x\n\n", 400, "invalid_request_line"),
+        (b"GET /v1/batches/\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_path"),
+        # One field over gunicorn's 8190 bytes, though the head is under 64 KiB.
+        (
+            b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 60000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
         # 70 KB of header lines and no end yet: refused without waiting for the rest.
         (
             b"GET /healthz HTTP/1.1\r\n"
@@ -227,6 +238,147 @@ def test_access_log_never_carries_the_query_string(served: Served) -> None:
     assert "SECRET" not in served.log_text()
     assert "SEALED" not in served.log_text()
     assert "api_key" not in line
+
+
+def _chunked_post(auth: dict[str, str], content_type: str, body: bytes) -> bytes:
+    return (
+        "POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {auth['Authorization']}\r\nContent-Type: {content_type}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b"ZZ%(marker)s\r\n{}\r\n0\r\n\r\n"),
+        ("application/json", b"-2\r\n{}\r\n0\r\n\r\n"),
+        ("application/json", b"5\r\n{}\r\n0\r\n\r\n"),  # shorter than it said
+        ("application/json", b"2\r\n{}XX0\r\n\r\n"),  # no CRLF after the data
+        ("application/json", b"2;\x00%(marker)s\r\n{}\r\n0\r\n\r\n"),  # a bad extension
+        ("multipart/form-data; boundary=xx", b"G\r\n--xx\r\n0\r\n\r\n"),
+        # A size no request may have: refused at once, not after the body idle timeout.
+        ("application/json", b"FFFFFFFFFFFFFFFFFFFF\r\n{}\r\n0\r\n\r\n"),
+    ],
+)
+def test_a_malformed_chunked_body_is_400_invalid_chunked_body_not_logged(
+    served: Served, make_programme: Callable[[str], dict[str, str]], content_type: str, body: bytes
+) -> None:
+    marker = uuid.uuid4().hex
+    auth = make_programme("Chunked")
+    started = time.monotonic()
+    answer = _raw(
+        served.port, _chunked_post(auth, content_type, body % {b"marker": marker.encode()})
+    )
+    assert time.monotonic() - started < 5
+    status, error = _json_error(answer)
+    assert (status, error["code"]) == (400, "invalid_chunked_body")
+    assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+    time.sleep(0.3)  # the access line and any traceback are written after the answer
+    assert marker not in served.log_text()
+    assert "InvalidChunk" not in served.log_text()
+
+
+@pytest.mark.slow
+def test_access_log_gives_a_request_one_line_of_printable_characters(served: Served) -> None:
+    request_id = f"inject-{uuid.uuid4().hex}"
+    before = served.log_text().splitlines()
+    answer = _raw(
+        served.port,
+        b"GET /v1/nothere%0a127.0.0.1%20FAKE%0d%1b%5b31m%00 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    deadline = time.monotonic() + 10
+    while request_id not in served.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = served.log_text().splitlines()
+    new = [line for line in after[len(before) :] if "Invalid request" not in line]
+    assert len(new) == 1, new
+    [line] = new
+    assert request_id in line and "FAKE" in line
+    assert all(" " <= char <= "~" for char in line), repr(line)
+    assert "/v1/nothere\\x0a127.0.0.1 FAKE\\x0d\\x1b[31m\\x00 " in line
+
+
+@pytest.fixture
+def served_one_process(
+    database_url: str, redis_url: str, queue_name: str, tmp_path: Path
+) -> Iterator[Served]:
+    """``retinaq api`` as configured (8 threads), in one process so the caps are exact."""
+    env = _environment(tmp_path, database_url, redis_url, queue_name)
+    argv = [sys.executable, "-m", "cli", "api", "--port", "{port}", "--workers", "1"]
+    with _serving(argv, env, tmp_path) as running:
+        yield running
+
+
+def _stalled_upload(port: int, auth: dict[str, str]) -> socket.socket:
+    """An upload whose head is complete and whose body stops after a few bytes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        (
+            f"POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: {auth['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=xx\r\nContent-Length: 1000000\r\n\r\n"
+            "--xx\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def _answer_within(sock: socket.socket, seconds: float) -> bytes | None:
+    """The server's answer if it comes within ``seconds`` (None: the request is still held)."""
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        return received or None
+    return received
+
+
+@pytest.mark.slow
+def test_stalled_uploads_of_one_key_leave_threads_for_everyone_else(
+    served_one_process: Served,
+    make_programme: Callable[[str], dict[str, str]],
+    fundus_jpeg: Callable[..., bytes],
+) -> None:
+    served = served_one_process
+    hostile, other = make_programme("Stalls uploads"), make_programme("Uploads too")
+    opened = httpx.post(f"{served.url}/v1/batches", headers=other, json={"open": True})
+    assert opened.status_code == 201
+    stalled = [_stalled_upload(served.port, hostile) for _ in range(16)]
+    try:
+        answers = [_answer_within(sock, 1.0) for sock in stalled]
+        # 8 threads, 2 reserved: 6 body slots, of which one key may hold 3.
+        assert answers.count(None) == 3, answers
+        for answer in answers:
+            if answer is not None:
+                status, error = _json_error(answer)
+                assert (status, error["code"]) == (503, "server_busy")
+                assert b"\r\nRetry-After: 5\r\n" in answer
+
+        fresh = httpx.Client(headers={"Connection": "close"}, timeout=5)
+        assert _timed(lambda: fresh.get(f"{served.url}/healthz"), 200) < 1.0
+        assert _timed(lambda: fresh.get(f"{served.url}/readyz"), 200) < 1.0
+        assert _timed(lambda: fresh.get(opened.headers["Location"], headers=other), 200) < 1.0
+        upload = fresh.post(
+            f"{served.url}/v1/batches",
+            headers=other,
+            files=[("images", ("eye.jpg", fundus_jpeg(), "image/jpeg"))],
+        )
+        assert upload.status_code == 202, upload.text
+        fresh.close()
+
+        seventeenth = _stalled_upload(served.port, hostile)
+        stalled.append(seventeenth)
+        status, error = _json_error(_answer_within(seventeenth, 2.0) or b"")
+        assert (status, error["code"]) == (503, "server_busy")
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 class SlowClients:
@@ -409,8 +561,8 @@ def test_a_body_that_goes_silent_frees_its_thread(
         # The one thread is free again for everyone else.
         assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
     assert 1.5 < waited < 10, waited
-    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
-    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "bad_request"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "body_timeout"
 
 
 @pytest.mark.slow
@@ -456,6 +608,9 @@ def test_a_head_goes_to_a_thread_only_when_the_parser_need_not_wait(
         (errors.InvalidRequestMethod("G<T"), 400, "invalid_request_line"),
         (errors.InvalidResponseHeaderName("x y"), 500, "internal_error"),  # the app's fault
         (errors.UnsupportedTransferCoding("gzip"), 501, "unsupported_transfer_coding"),
+        (errors.InvalidRequestLine("GARBAGE"), 400, "invalid_request_line"),
+        (errors.InvalidRequestLine("GET /\xff HTTP/1.1"), 400, "invalid_path"),
+        (errors.InvalidRequestLine("GET /\x1b HTTP/1.1"), 400, "invalid_path"),
         (RuntimeError("boom"), 500, "internal_error"),
     ],
 )
