@@ -133,6 +133,57 @@ def test_blur_fails_between_sigma_1_5_and_3_px_at_512_px(sigma: float, blurred: 
     assert (BLURRED in assess_quality(image).reasons) is blurred, sigma
 
 
+def _rectangle_of(image: Image.Image, aspect: float) -> Image.Image:
+    """The middle of ``image``'s disc that a camera cropping to ``aspect`` keeps, at 512 tall."""
+    height = round(image.width * 0.6 * math.sqrt(2) / math.hypot(aspect, 1.0))
+    width = round(height * aspect)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    crop = image.crop((left, top, left + width, top + height))
+    return crop.resize((round(512 * aspect), 512), Image.Resampling.BILINEAR)
+
+
+@pytest.mark.parametrize(
+    "name,image,blurred",
+    [
+        ("a sharp 4:3 crop", _rectangle_of(FUNDUS, 4 / 3), False),
+        (
+            "a 4:3 crop, 1 px defocus",
+            _rectangle_of(FUNDUS, 4 / 3).filter(ImageFilter.GaussianBlur(1)),
+            False,
+        ),
+        (
+            "a 4:3 crop, 3 px defocus",
+            _rectangle_of(FUNDUS, 4 / 3).filter(ImageFilter.GaussianBlur(3)),
+            True,
+        ),
+        (
+            "a square crop, 3 px defocus",
+            _rectangle_of(FUNDUS, 1.0).filter(ImageFilter.GaussianBlur(3)),
+            True,
+        ),
+        ("generated rectangle_blurred 8 (passed)", make_sample("rectangle_blurred", 8).image, True),
+        (
+            "generated rectangle_blurred 20 (passed)",
+            make_sample("rectangle_blurred", 20).image,
+            True,
+        ),
+        (
+            "generated rectangle_blurred 36 (passed)",
+            make_sample("rectangle_blurred", 36).image,
+            True,
+        ),
+    ],
+)
+def test_a_blurred_rectangular_crop_is_refused_as_blurred(
+    name: str, image: Image.Image, blurred: bool
+) -> None:
+    # a frame-filling crop's focus is measured at its own extent, not only at the scale of
+    # the circle around it, where a 3 px defocus at 512 passed for sharp
+    report = assess_quality(image)
+    assert report.measures["fov_fill"] >= 0.88, name
+    assert report.reasons == ((BLURRED,) if blurred else ()), (name, report)
+
+
 def test_a_cut_off_disc_is_framed_and_one_off_the_frame_is_cut_off() -> None:
     cut = assess_quality(make_sample("cut_off", 0).image).measures
     off = assess_quality(make_sample("off_centre", 0).image).measures
