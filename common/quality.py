@@ -69,6 +69,7 @@ GEOMETRY_SIDE = 160  # the small copy's longer side is at most this
 FOCUS_DIAMETER = 128  # pixels across the disc where focus measures fine detail
 SATURATED_LUMINANCE = 245
 _EDGE_MARGIN = 0.05  # of the disc's diameter, left out of colour, exposure and focus
+_PRINT_DETAIL = 0.3  # fine structure no retina reaches: print, a document's text
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Upper bounds of the thresholds that have one: shares, and 8-bit levels.
 _UPPER_BOUNDS = {
@@ -232,7 +233,10 @@ def _judge(m: Mapping[str, float], t: QualityThresholds) -> tuple[str, ...]:
         return (NOT_FUNDUS,) if pale or bluish or full_frame else (NO_FIELD_OF_VIEW,)
     # A washed-out retina loses its red, but not the order of green over blue; and on a
     # picture that is no retina, exposure and focus mean nothing.
-    if (bluish or (pale and not washed_out)) and not dark:
+    # A white page is washed out and pale too, but its print is far more contrasted than
+    # any retina (detail 0.41 up against 0.14 at most, over-exposed ones 0.06): not one.
+    printed = m["detail"] >= _PRINT_DETAIL
+    if (bluish or (pale and (printed or not washed_out))) and not dark:
         return (NOT_FUNDUS,)
     failed = {
         FIELD_OF_VIEW_CUT_OFF: m["fov_visible"] < t.min_fov_visible,

@@ -272,3 +272,9 @@ def test_samples_are_deterministic() -> None:
     first, second = make_sample("pigmented", 4, seed=3), make_sample("pigmented", 4, seed=3)
     assert first.image.tobytes() == second.image.tobytes()
     assert first.image.tobytes() != make_sample("pigmented", 5, seed=3).image.tobytes()
+
+
+@pytest.mark.parametrize("index", [7, 14, 16, 23])
+def test_a_white_page_of_print_is_not_fundus_rather_than_overexposed(index: int) -> None:
+    # these documents (seed 0) are washed out and pale; their print's detail says no retina
+    assert assess_quality(make_sample("document", index).image).reasons == (NOT_FUNDUS,)
