@@ -12,6 +12,7 @@ COPY api ./api
 COPY worker ./worker
 COPY common ./common
 COPY cli ./cli
+COPY lab ./lab
 COPY migrations ./migrations
 COPY models ./models
 COPY samples ./samples

@@ -79,7 +79,7 @@ def scratch_database(server_url: str) -> Iterator[str]:
 def write_images(folder: Path, count: int, size: int) -> list[Path]:
     """``count`` distinct JPEG files: 64 synthetic photographs, each copy made unique by a
     trailing index after the end-of-image marker (decoders ignore it, hashes differ)."""
-    from common.synth import encode_image, generate_fundus
+    from lab.synthetic import encode_image, generate_fundus
 
     folder.mkdir(parents=True, exist_ok=True)
     pool = [encode_image(generate_fundus(i % 5, 7000 + i, size)) for i in range(min(64, count))]

@@ -61,7 +61,7 @@ def pixel_bomb(width: int, height: int, tag: str = "") -> bytes:
 
 def camera_photograph(width: int, height: int, seed: int) -> bytes:
     """A synthetic fundus filling the height of a camera's frame, as a JPEG."""
-    from common.synth import generate_fundus
+    from lab.synthetic import generate_fundus
 
     disc = generate_fundus(seed % 5, seed, 512).resize((height, height), Image.Resampling.BICUBIC)
     frame = Image.new("RGB", (width, height))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from common.datasets import DATASETS, DatasetError, open_dataset
 from common.manifest import HEADS
-from common.synth import FORMATS, LABELS_NAME, write_dataset
+from lab.datasets import DATASETS, DatasetError, open_dataset
+from lab.synthetic import FORMATS, LABELS_NAME, write_dataset
 
 # Kept in step with worker.networks.ARCHITECTURES, which cannot be imported here without
 # loading TensorFlow; a test checks the two agree.

@@ -1,9 +1,9 @@
 """``retinaq quality-eval``: how well the quality check tells gradable from ungradable.
 
-Without ``--folder`` it generates the labelled set of :mod:`common.quality_samples` (clean
+Without ``--folder`` it generates the labelled set of :mod:`lab.quality_samples` (clean
 photographs as ordinary cameras take them, and degraded ones each with the reason they
 must be rejected for). With ``--folder DIR`` it reads a programme's own photographs,
-labelled by folder (:mod:`common.quality_folder`), which is how the thresholds are
+labelled by folder (:mod:`lab.quality_folder`), which is how the thresholds are
 calibrated for a camera. Either way every image is judged with the thresholds the workers
 would use (defaults, under the serving model's manifest, under ``RETINAQ_QUALITY_THRESHOLDS``),
 with ``--set NAME=VALUE`` trying others, and the command prints precision and recall of
@@ -25,10 +25,10 @@ from PIL import Image
 from cli.csv_export import SpreadsheetWriter
 from common.manifest import ManifestError, ModelManifest, read_manifest
 from common.quality import MEASURES, QualityReport, QualityThresholds
-from common.quality_evaluation import Judged, QualitySample, evaluate_quality
-from common.quality_folder import QualityFolder, QualityFolderError
-from common.quality_samples import KINDS, iter_quality_samples
 from common.settings import Settings, get_settings
+from lab.quality_evaluation import Judged, QualitySample, evaluate_quality
+from lab.quality_folder import QualityFolder, QualityFolderError
+from lab.quality_samples import KINDS, iter_quality_samples
 
 CSV_COLUMNS = ("image", "kind", "expected", "gradable", "reasons", *MEASURES)
 

@@ -95,7 +95,7 @@ _RANGES = (
 class QualityThresholds:
     """Limits on each measure; the defaults let clean photographs of any camera pass."""
 
-    # The comments give what the synthetic evaluation set (common.quality_samples) measures.
+    # The comments give what the synthetic evaluation set (lab.quality_samples) measures.
     min_fov_area: float = 0.10  # clean photographs 0.35 up; a disc far too small, 0.05 down
     max_fov_area: float = 0.97  # past it, with no round edge either: no dark surround
     # of the plausible 45° field: a cut top and bottom leaves 0.92, a side cut 0.85 up, a

@@ -31,7 +31,7 @@ from common.queue import GRADE_IMAGES_TASK
 from common.schema import upgrade_to_head
 from common.settings import BUNDLED_MODEL, Settings
 from common.storage import ImageStore
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 
 if TYPE_CHECKING:
     from worker.model import LoadedModel

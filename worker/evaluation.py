@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from common import plots
-from common.datasets import LabelledImages, stratified_split
-from common.evaluation import choose_operating_point, evaluation_report
 from common.imaging import ImageDecodeError
 from common.manifest import GRADE_NAMES, ModelManifest, write_manifest
 from common.quality import assess_quality
 from common.settings import Settings
+from lab import plots  # noqa: TID251
+from lab.datasets import LabelledImages, stratified_split  # noqa: TID251
+from lab.report import choose_operating_point, evaluation_report  # noqa: TID251
 from worker.model import LoadedModel, load_model
 
 Progress = Callable[[str], None]

@@ -1,10 +1,10 @@
 """Train a grading model (our small CNN or a standard backbone) and write it with its manifest.
 
 The networks come from :mod:`worker.networks` and the held-out metrics from
-:mod:`common.evaluation`, the same report ``retinaq evaluate`` writes. Every image goes
+:mod:`lab.report`, the same report ``retinaq evaluate`` writes. Every image goes
 through :class:`common.preprocessing.FundusPreprocessing`, exactly as the worker will feed
 it, so what the held-out metrics measure is what serving will see. Images are prepared once at
-the model's input size (:func:`common.datasets.prepare_images`); each batch is then
+the model's input size (:func:`lab.datasets.prepare_images`); each batch is then
 augmented on those uint8 pixels and normalised.
 """
 
@@ -25,7 +25,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.datasets import (  # noqa: E402
+from common.manifest import HEADS, ModelManifest  # noqa: E402
+from common.preprocessing import FundusPreprocessing  # noqa: E402
+from lab.datasets import (  # noqa: E402
     IN_MEMORY_LIMIT,
     LabelledImages,
     augment,
@@ -33,9 +35,7 @@ from common.datasets import (  # noqa: E402
     prepare_images,
     stratified_split,
 )
-from common.evaluation import evaluation_report, manifest_metrics  # noqa: E402
-from common.manifest import HEADS, ModelManifest  # noqa: E402
-from common.preprocessing import FundusPreprocessing  # noqa: E402
+from lab.report import evaluation_report, manifest_metrics  # noqa: E402
 from worker.networks import (  # noqa: E402
     ARCHITECTURES,
     BACKBONES,

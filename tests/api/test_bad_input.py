@@ -29,7 +29,7 @@ from common.imaging import ImageDecodeError, decode_image
 from common.models import Batch
 from common.models import Image as ImageRow
 from common.settings import Settings
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 from worker.grading import grade_images
 from worker.runtime import WorkerRuntime
 

@@ -25,7 +25,7 @@ from common.models import Image
 from common.preprocessing import PREPROCESSING_VERSION
 from common.queue import EXPLAIN_IMAGES_TASK
 from common.settings import Settings
-from common.synth import encode_image, generate_fundus
+from lab.synthetic import encode_image, generate_fundus
 from worker.explaining import explain_images
 from worker.grading import grade_images
 from worker.runtime import WorkerRuntime

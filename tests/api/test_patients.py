@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Image
-from common.synth import encode_image, generate_fundus
+from lab.synthetic import encode_image, generate_fundus
 from worker.grading import grade_images
 from worker.runtime import WorkerRuntime
 

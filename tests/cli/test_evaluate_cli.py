@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from cli.main import cli
 from common.manifest import load_verified_manifest
-from common.synth import generate_fundus, write_dataset
+from lab.synthetic import generate_fundus, write_dataset
 
 
 @pytest.fixture

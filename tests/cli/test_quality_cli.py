@@ -12,8 +12,8 @@ from PIL import Image, ImageFilter
 
 from cli.main import cli
 from common.quality import MEASURES, REASONS
-from common.quality_samples import KINDS, make_sample
-from common.synth import generate_fundus
+from lab.quality_samples import KINDS, make_sample
+from lab.synthetic import generate_fundus
 
 PER_KIND = 3
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from cli.main import cli
 from cli.modelling import ARCHITECTURES
 from common.manifest import ModelManifest, load_verified_manifest
-from common.synth import encode_image, generate_fundus, write_dataset
+from lab.synthetic import encode_image, generate_fundus, write_dataset
 
 PER_GRADE = 4
 TINY = ["--epochs", "1", "--input-size", "64", "--batch-size", "8"]
@@ -93,7 +93,7 @@ def test_train_with_no_options_but_size_trains_the_small_cnn_on_synthetic_images
         "rescale",
         False,
     )
-    assert manifest.training_data.startswith("synthetic (common.synth seed 0, 4 JPEG")
+    assert manifest.training_data.startswith("synthetic (lab.synthetic seed 0, 4 JPEG")
     assert manifest.metrics["held_out_images"] == 5
     assert (out / "checkpoints" / "best.keras").is_file()
     probabilities = _grade(manifest, model)

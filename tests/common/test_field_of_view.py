@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from common.field_of_view import CIRCLE, RECTANGLE, edge_bars, find_field_of_view
 from common.imaging import field_of_view_box
 from common.quality import BLURRED, UNDEREXPOSED, assess_quality
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 CHASE = sorted(REAL.glob("CHASEDB1_*.png"))

@@ -17,7 +17,7 @@ from common.preprocessing import (
     normalise,
 )
 from common.quality import QualityThresholds
-from common.synth import encode_image, generate_fundus
+from lab.synthetic import encode_image, generate_fundus
 
 LIMIT = 50_000_000
 # The serving sizes and preprocess_input modes of the backbones `retinaq train` offers.

@@ -23,8 +23,8 @@ from common.quality import (
     QualityThresholds,
     assess_quality,
 )
-from common.quality_samples import KINDS, make_sample
-from common.synth import GRADES, generate_fundus
+from lab.quality_samples import KINDS, make_sample
+from lab.synthetic import GRADES, generate_fundus
 
 GOOD_KINDS = [kind for kind, (expected, _) in KINDS.items() if expected is None]
 DEGRADED_KINDS = [kind for kind, (expected, _) in KINDS.items() if expected is not None]

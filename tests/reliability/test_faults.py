@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from common.apikeys import create_programme
 from common.models import Image, ImageState, Result
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from cli.decode_memory import camera_photograph, pixel_bomb
 from common.models import Image as ImageRow
 from common.models import ImageState
 from common.settings import Settings
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 from worker.grading import grade_images
 from worker.runtime import WorkerRuntime
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import ImageFilter
 
-from common.datasets import FileImage, LabelledImages
-from common.synth import generate_fundus
+from lab.datasets import FileImage, LabelledImages
+from lab.synthetic import generate_fundus
 from worker import evaluation
 from worker.model import load_model
 

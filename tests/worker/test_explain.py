@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.synth import generate_fundus
+from lab.synthetic import generate_fundus
 from worker.explain import GradCam, find_last_conv_layer
 from worker.networks import build_backbone, build_model
 

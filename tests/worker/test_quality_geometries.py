@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import Image, Result
-from common.quality_samples import make_sample
+from lab.quality_samples import make_sample
 from worker.grading import grade_images
 from worker.runtime import WorkerRuntime
 

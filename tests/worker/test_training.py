@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from common.datasets import augment, class_weights, stratified_split, synthetic_images
 from common.manifest import GRADE_NAMES, file_sha256, load_verified_manifest
-from common.synth import encode_image, generate_fundus
+from lab.datasets import augment, class_weights, stratified_split, synthetic_images
+from lab.synthetic import encode_image, generate_fundus
 from worker.layers import OrdinalThresholds
 from worker.networks import (
     ARCHITECTURES,

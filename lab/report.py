@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from common.manifest import GRADE_NAMES, REFERABLE_MIN_GRADE
-from common.metrics import (
+from lab.metrics import (
     accuracy,
     bootstrap_interval,
     confusion_matrix,

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from common.metrics import (
+from lab.metrics import (
     accuracy,
     bootstrap_interval,
     confusion_matrix,

@@ -1,7 +1,7 @@
 """How well the quality check tells gradable from ungradable, on any labelled set of images.
 
-The set is either generated (:mod:`common.quality_samples`) or a programme's own labelled
-photographs (:mod:`common.quality_folder`); both arrive as :class:`QualitySample`. Beside
+The set is either generated (:mod:`lab.quality_samples`) or a programme's own labelled
+photographs (:mod:`lab.quality_folder`); both arrive as :class:`QualitySample`. Beside
 precision and recall of "ungradable", the figures give the spread of every measure among
 the images labelled gradable and those labelled ungradable: what a person calibrating the
 thresholds for a camera needs to see where each limit should sit.

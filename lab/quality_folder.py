@@ -23,7 +23,7 @@ from PIL import Image
 
 from common.imaging import ImageDecodeError
 from common.quality import REASONS
-from common.quality_evaluation import QualitySample
+from lab.quality_evaluation import QualitySample
 
 GRADABLE, UNGRADABLE = "gradable", "ungradable"
 log = logging.getLogger(__name__)

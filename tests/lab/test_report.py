@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from common.evaluation import (
+from common.manifest import GRADE_NAMES
+from lab.report import (
     ROC_POINTS,
     choose_operating_point,
     evaluation_report,
     manifest_metrics,
 )
-from common.manifest import GRADE_NAMES
 
 
 def _one_hot(grades: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ from common.quality import (
     OVEREXPOSED,
     UNDEREXPOSED,
 )
-from common.quality_evaluation import QualitySample
-from common.synth import GRADES, generate_fundus
+from lab.quality_evaluation import QualitySample
+from lab.synthetic import GRADES, generate_fundus
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SEED_LIMIT = 2**31

@@ -11,7 +11,7 @@ from PIL import Image
 
 from common.imaging import FIELD_OF_VIEW_THRESHOLD, field_of_view_box
 from common.preprocessing import FundusPreprocessing
-from common.synth import GRADES, encode_image, generate_fundus, image_seed, write_dataset
+from lab.synthetic import GRADES, encode_image, generate_fundus, image_seed, write_dataset
 
 SIZE = 256
 

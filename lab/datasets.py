@@ -1,6 +1,6 @@
 """Labelled fundus image sets for training: listing, preparing, splitting and augmenting.
 
-A set is a list of lazily readable images with their ICDR grade: synthetic (``common.synth``),
+A set is a list of lazily readable images with their ICDR grade: synthetic (``lab.synthetic``),
 APTOS 2019 (``train.csv`` + ``train_images/``), EyePACS / Kaggle 2015 (``trainLabels.csv`` +
 ``train/``), or a ``<grade>/<image>`` folder. Nothing is decoded while a set is listed, so a
 35k-image set opens in a second and a broken layout fails before any work is done. Each
@@ -24,7 +24,7 @@ from PIL import Image
 from common.imaging import FIELD_OF_VIEW_THRESHOLD, ImageDecodeError
 from common.manifest import GRADE_NAMES
 from common.preprocessing import FundusPreprocessing
-from common.synth import GRADES, encode_image, generate_fundus, image_seed
+from lab.synthetic import GRADES, encode_image, generate_fundus, image_seed
 
 DATASETS = ("synthetic", "aptos", "eyepacs", "folder")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
@@ -61,7 +61,7 @@ class FileImage:
 
 @dataclass(frozen=True)
 class SyntheticImage:
-    """A ``common.synth`` photograph, generated and JPEG-encoded when read."""
+    """A ``lab.synthetic`` photograph, generated and JPEG-encoded when read."""
 
     name: str
     grade: int
@@ -107,7 +107,7 @@ class LabelledImages:
 
 
 def synthetic_images(per_grade: int, *, size: int = 512, seed: int = 0) -> LabelledImages:
-    """``per_grade`` synthetic photographs of each grade, as ``common.synth.iter_dataset``."""
+    """``per_grade`` synthetic photographs of each grade, as ``lab.synthetic.iter_dataset``."""
     if per_grade < 1:
         raise DatasetError("per_grade must be positive")
     images = tuple(
@@ -115,7 +115,9 @@ def synthetic_images(per_grade: int, *, size: int = 512, seed: int = 0) -> Label
         for grade in GRADES
         for index in range(per_grade)
     )
-    origin = f"synthetic (common.synth seed {seed}, {per_grade} JPEG images per grade at {size} px)"
+    origin = (
+        f"synthetic (lab.synthetic seed {seed}, {per_grade} JPEG images per grade at {size} px)"
+    )
     return LabelledImages(images, origin)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.datasets import (
+from common.preprocessing import FundusPreprocessing
+from lab.datasets import (
     DatasetError,
     FileImage,
     LabelledImages,
@@ -18,8 +19,7 @@ from common.datasets import (
     prepare_images,
     synthetic_images,
 )
-from common.preprocessing import FundusPreprocessing
-from common.synth import encode_image, generate_fundus, iter_dataset, write_dataset
+from lab.synthetic import encode_image, generate_fundus, iter_dataset, write_dataset
 
 SIZE = 64  # generated photographs are tiny: parsing, not pixels, is under test here
 

@@ -1,0 +1,1 @@
+"""Offline modelling and tooling, never imported by the API or the serving worker."""
