@@ -509,6 +509,8 @@ def bench(
             else 2
             * int(json.loads((model_path.parent / "manifest.json").read_text())["input_size"])
         )
+        # Named in the report so a caller can check that this run's database was dropped.
+        report["scratch_database"] = make_url(database_url).database
         console.print(f"writing {count} + {naive_n} images of {size} px …")
         files = write_images(work / "images", count * 2 + naive_n, size)
         main, e2e, naive = files[:count], files[count : 2 * count], files[2 * count :]
