@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
+from common.grades import GRADES
 from common.models import Batch, BatchStat, Image, ImageState, Result
 
 
@@ -112,6 +113,6 @@ class ProgrammeScope:
         stats = {stat: int(value) for _, stat, value in rows if stat is not None}
         return rows[0][0], BatchSummary(
             state_counts={state.value: stats.get(state.value, 0) for state in ImageState},
-            grade_counts={grade: stats.get(f"grade_{grade}", 0) for grade in range(5)},
+            grade_counts={grade: stats.get(f"grade_{grade}", 0) for grade in GRADES},
             referable_count=stats.get("referable", 0),
         )

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.audit import audit, audit_read
 from api.auth import scope
 from api.errors import ApiError, echo_client_values, not_found
+from api.flags import parse_flag
 from api.json_bodies import json_object
 from api.pagination import (
     decode_cursor,
@@ -40,7 +41,6 @@ MAX_REFERENCE_LENGTH = 200
 # Each listing seals its cursors under its endpoint's name, so no other listing accepts them.
 _BATCHES = "v1.batches.list_batches"
 _PATIENTS = "v1.batches.list_patients"
-_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
 def _reference(raw: Any) -> str | None:
@@ -72,8 +72,11 @@ def _explain(raw: Any) -> bool:
     """The ``explain`` flag, from a form field ("true"/"false") or a JSON boolean."""
     if raw is None or isinstance(raw, bool):
         return bool(raw)
-    if isinstance(raw, str) and raw.strip().lower() in _FLAGS:
-        return _FLAGS[raw.strip().lower()]
+    try:
+        if isinstance(raw, str):
+            return parse_flag(raw)
+    except ValueError:
+        pass
     raise ApiError(422, "invalid_explain", "explain must be true or false")
 
 

@@ -9,20 +9,19 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import scope
 from api.errors import ApiError, not_found
+from api.flags import parse_flag
 from api.responses import batch_brief
 from api.state import api_state, db_session
 from common.retention import cancel_batch, purge_batch
 
 bp = Blueprint("retention", __name__)
 
-_FLAGS = {"true": True, "1": True, "false": False, "0": False, "": False}
-
 
 def _purge_requested() -> bool:
-    raw = request.args.get("purge", "").strip().lower()
-    if raw not in _FLAGS:
-        raise ApiError(400, "invalid_purge", "purge must be true or false")
-    return _FLAGS[raw]
+    try:
+        return parse_flag(request.args.get("purge", ""))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_purge", "purge must be true or false") from exc
 
 
 @bp.delete("/batches/<uuid:batch_id>")

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.grades import GRADE_NAMES
 from common.preprocessing import NORMALISATIONS, PREPROCESSING_VERSION, FundusPreprocessing
 from common.quality import QualityThresholds
 
-GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
-REFERABLE_MIN_GRADE = 2
 MANIFEST_NAME = "manifest.json"
 HEADS = ("softmax", "regression")
 

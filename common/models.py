@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.grades import GRADES
 from common.ids import uuid7
 
 NAMING_CONVENTION = {
@@ -311,6 +312,6 @@ class BatchStat(Base):
 
 BATCH_STATS = (
     *(state.value for state in ImageState),
-    *(f"grade_{grade}" for grade in range(5)),
+    *(f"grade_{grade}" for grade in GRADES),
     "referable",
 )

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-PENDING = ("queued", "processing")
+from common.models import PENDING_IMAGE_STATES
+
+PENDING = frozenset(state.value for state in PENDING_IMAGE_STATES)
 UNSPECIFIED_EYE = "unspecified"
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.manifest import REFERABLE_MIN_GRADE, ModelManifest
+from common.grades import REFERABLE_MIN_GRADE
+from common.manifest import ModelManifest
 
 
 @dataclass(frozen=True)

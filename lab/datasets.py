@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.grades import GRADES, N_GRADES
 from common.imaging import FIELD_OF_VIEW_THRESHOLD, ImageDecodeError
-from common.manifest import GRADE_NAMES
 from common.preprocessing import FundusPreprocessing
-from lab.synthetic import GRADES, encode_image, generate_fundus, image_seed
+from lab.synthetic import encode_image, generate_fundus, image_seed
 
 DATASETS = ("synthetic", "aptos", "eyepacs", "folder")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
-N_GRADES = len(GRADE_NAMES)
 # Above this many bytes of prepared pixels, prepare_images writes them to a memory-mapped
 # file instead of RAM: EyePACS at 299 px is 35k x 268 kB, about 9.4 GB.
 IN_MEMORY_LIMIT = 4 * 1024**3

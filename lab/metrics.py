@@ -12,9 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from common.manifest import GRADE_NAMES, REFERABLE_MIN_GRADE
-
-N_GRADES = len(GRADE_NAMES)
+from common.grades import N_GRADES, REFERABLE_MIN_GRADE
 
 
 def _labels(values: ArrayLike, n_classes: int, what: str) -> np.ndarray:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-GRADES = (0, 1, 2, 3, 4)
+from common.grades import GRADES
+
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 JPEG_QUALITY = 90
 LABELS_NAME = "labels.csv"

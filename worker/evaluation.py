@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from common.grades import GRADE_NAMES
 from common.imaging import ImageDecodeError
-from common.manifest import GRADE_NAMES, ModelManifest, write_manifest
+from common.manifest import ModelManifest, write_manifest
 from common.quality import assess_quality
 from common.settings import Settings
 from lab import plots  # noqa: TID251

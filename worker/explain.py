@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.manifest import REFERABLE_MIN_GRADE  # noqa: E402
+from common.grades import REFERABLE_MIN_GRADE  # noqa: E402
 
 # Pooling only downsamples the map before it, so the layer feeding it localises better.
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)

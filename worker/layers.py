@@ -11,7 +11,7 @@ from typing import Any
 import keras
 from keras import ops
 
-N_GRADES = 5
+from common.grades import N_GRADES
 
 
 @keras.saving.register_keras_serializable(package="retinaq")

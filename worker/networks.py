@@ -19,8 +19,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common.grades import N_GRADES  # noqa: E402
 from common.manifest import (  # noqa: E402
-    GRADE_NAMES,
     HEADS,
     ModelManifest,
     file_sha256,
@@ -29,7 +29,6 @@ from common.manifest import (  # noqa: E402
 from worker.layers import OrdinalThresholds  # noqa: E402  (also registers it for loading)
 
 MODEL_NAME = "model.keras"
-N_GRADES = len(GRADE_NAMES)
 WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 # Standard backbones at their standard input size with the matching preprocessing mode.

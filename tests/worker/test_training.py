@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from common.manifest import GRADE_NAMES, file_sha256, load_verified_manifest
+from common.grades import GRADE_NAMES
+from common.manifest import file_sha256, load_verified_manifest
 from lab.datasets import augment, class_weights, stratified_split, synthetic_images
 from lab.synthetic import encode_image, generate_fundus
 from worker.layers import OrdinalThresholds
