@@ -8,14 +8,16 @@ from alembic import context
 from sqlalchemy import pool
 
 from common.db import make_engine
+from common.models import Base
 from common.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-# Autogenerate compares against the models; migrations themselves use op/sa only.
-target_metadata = None
+# Autogenerate (`alembic revision --autogenerate`, `alembic check`) compares against the
+# models; the migration scripts themselves use op/sa only and never import them.
+target_metadata = Base.metadata
 
 
 def _database_url() -> str:
@@ -25,7 +27,12 @@ def _database_url() -> str:
 
 def run_migrations_offline() -> None:
     """Emit SQL without a connection (``alembic upgrade head --sql``)."""
-    context.configure(url=_database_url(), literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=_database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -36,6 +43,7 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(
             connection=connection,
+            target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
         )
