@@ -23,7 +23,6 @@ briefly in the event loop, reading, so that the client gets the answer instead o
 
 from __future__ import annotations
 
-import json
 import selectors
 import socket
 import struct
@@ -35,13 +34,13 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http import errors
 from gunicorn.http.message import MAX_REQUEST_LINE, Request
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api.admission import BodySlots, body_request
 from api.request_bodies import guard_body
+from api.server_errors import classify_error, json_error
 from common.settings import get_settings
 
 HEADER_TIMEOUT_S = 15.0
@@ -54,104 +53,16 @@ LINGER_S = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
 _READ_SIZE = 64 * 1024
 
-# (exception types, status, code, message); the first match wins. Messages are fixed
-# sentences: the client's bytes never travel back to it or into the log.
-_CLIENT_ERRORS: tuple[tuple[tuple[type[BaseException], ...], int, str, str], ...] = (
-    (
-        (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName),
-        500,
-        "internal_error",
-        "an unexpected error occurred",
-    ),
-    (
-        (errors.LimitRequestLine,),
-        414,
-        "request_line_too_long",
-        "the request line is longer than the server accepts",
-    ),
-    (
-        (errors.LimitRequestHeaders,),
-        431,
-        "headers_too_large",
-        "the request has too many header fields or one that is too large",
-    ),
-    (
-        (errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding),
-        400,
-        "invalid_header",
-        "a request header is malformed",
-    ),
-    (
-        (errors.InvalidRequestLine, errors.InvalidRequestMethod, errors.InvalidHTTPVersion),
-        400,
-        "invalid_request_line",
-        "the request line is malformed",
-    ),
-    (
-        (errors.InvalidChunkSize, errors.ChunkMissingTerminator, errors.InvalidChunkExtension),
-        400,
-        "invalid_chunked_body",
-        "the chunked request body is malformed",
-    ),
-    (
-        (errors.UnsupportedTransferCoding,),
-        501,
-        "unsupported_transfer_coding",
-        "the request's Transfer-Encoding is not supported",
-    ),
-    (
-        (errors.ExpectationFailed,),
-        417,
-        "expectation_failed",
-        "the request's Expect header cannot be met",
-    ),
-    (
-        (errors.ForbiddenProxyRequest,),
-        403,
-        "forbidden",
-        "proxy requests are not accepted from this address",
-    ),
-    (
-        (
-            errors.InvalidProxyLine,
-            errors.InvalidProxyHeader,
-            errors.InvalidSchemeHeaders,
-            errors.InvalidH2CPreface,
-        ),
-        400,
-        "bad_request",
-        "the request could not be understood",
-    ),
-)
 
-
-def json_error(status: int, code: str, message: str, extra_headers: str = "") -> bytes:
-    """A complete ``Connection: close`` response in the API's error shape."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/json\r\n"
-        f"{extra_headers}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
-
-
-def _has_unprintable(text: object) -> bool:
-    return isinstance(text, str) and any(not " " <= char <= "~" for char in text)
-
-
-def classify_error(exc: BaseException) -> tuple[int, str, str]:
-    """Status, code and message for an exception gunicorn raised while reading a request."""
-    # gunicorn keeps the refused line (latin-1 text) on the exception: control or
-    # non-ASCII bytes there are a target that is no valid path, not a garbled line.
-    if isinstance(exc, errors.InvalidRequestLine) and _has_unprintable(exc.req):
-        return 400, "invalid_path", "the request target has bytes a path may not contain"
-    for kinds, status, code, message in _CLIENT_ERRORS:
-        if isinstance(exc, kinds):
-            return status, code, message
-    return 500, "internal_error", "an unexpected error occurred"
+def _recv_now(sock: socket.socket) -> bytes | None:
+    """What the client has sent, without blocking: None when nothing is there yet, empty
+    when it closed (or the socket failed)."""
+    try:
+        return sock.recv(_READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def head_ready(head: bytes, line_limit: int) -> bool:
@@ -229,12 +140,9 @@ class HeadFirstWorker(ThreadWorker):
 
     def on_pending_socket_readable(self, conn: TConn, client: Any) -> None:
         """Read what the client sent of its head, without blocking; hand it over once ready."""
-        try:
-            data = conn.sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _recv_now(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop_pending(conn)
             return
@@ -254,12 +162,9 @@ class HeadFirstWorker(ThreadWorker):
 
     def on_closing_socket_readable(self, conn: TConn, client: Any) -> None:
         """Drop what a refused client still sends until it stops (or sends too much)."""
-        try:
-            data = conn.sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _recv_now(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.lingered += len(data)
         if not data or conn.lingered > LINGER_MAX_BYTES:
             self._close_lingering(conn)

@@ -28,7 +28,8 @@ import httpx
 import pytest
 from gunicorn.http import errors
 
-from api.serving import HEADER_TIMEOUT_S, classify_error, head_ready
+from api.server_errors import classify_error
+from api.serving import HEADER_TIMEOUT_S, head_ready
 from common.settings import PROJECT_ROOT
 
 SLOW_CLIENTS = 50
