@@ -16,11 +16,11 @@ from api.json_bodies import limit_json_body
 from api.request_ids import assign_request_id, echo_request_id
 from api.state import ApiState, close_db_session
 from api.uploads import StreamingRequest
-from common.db import engine_from_settings, make_sessionmaker
+from common.db.engine import engine_from_settings, make_sessionmaker
+from common.db.schema import assert_schema_at_head
 from common.queue import make_celery
-from common.schema import assert_schema_at_head
 from common.settings import Settings
-from common.storage import ImageStore
+from common.storage.files import ImageStore
 
 
 def create_app(settings: Settings) -> Flask:

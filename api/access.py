@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from common.grades import GRADES
-from common.models import Batch, BatchStat, Image, ImageState, Result
+from common.db.tables import Batch, BatchStat, Image, ImageState, Result
+from common.screening.grades import GRADES
 
 
 @dataclass(frozen=True)

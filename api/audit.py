@@ -9,7 +9,7 @@ from flask import g
 
 from api.request_ids import current_request_id
 from api.state import db_session
-from common.audit import record_event
+from common.access.audit import record_event
 
 
 def audit(

@@ -9,7 +9,7 @@ from flask import g, request
 from api.access import ProgrammeScope
 from api.errors import ApiError
 from api.state import db_session
-from common.apikeys import programme_for_key
+from common.access.apikeys import programme_for_key
 
 
 def authenticate() -> None:

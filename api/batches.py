@@ -31,9 +31,9 @@ from api.responses import (
 from api.state import api_state, db_session
 from api.submission import enqueue_grading, record_images
 from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
-from common.batch_progress import settle_batch
-from common.models import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
-from common.patients import EyeImage, roll_up
+from common.db.tables import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
+from common.lifecycle.progress import settle_batch
+from common.screening.patients import EyeImage, roll_up
 
 bp = Blueprint("batches", __name__)
 

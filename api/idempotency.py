@@ -42,8 +42,8 @@ from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError
 from api.state import api_state
-from common.models import IdempotencyKey, utcnow
-from common.storage import HashingSpool
+from common.db.tables import IdempotencyKey, utcnow
+from common.storage.files import HashingSpool
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -11,7 +11,7 @@ from api.auth import scope
 from api.errors import ApiError, not_found
 from api.responses import image_detail
 from api.state import api_state
-from common.models import Image, Result
+from common.db.tables import Image, Result
 
 bp = Blueprint("images", __name__)
 

@@ -8,8 +8,8 @@ from flask import Blueprint, Response, jsonify, url_for
 
 from api.errors import not_found
 from api.state import api_state
-from common.manifest import ManifestError, read_manifest
-from common.registry import RegisteredModel, available_models, find_model
+from common.modelling.manifest import ManifestError, read_manifest
+from common.modelling.registry import RegisteredModel, available_models, find_model
 from common.settings import Settings
 
 bp = Blueprint("models", __name__)

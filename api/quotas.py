@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from common.models import PENDING_IMAGE_STATES, Image, Programme
+from common.db.tables import PENDING_IMAGE_STATES, Image, Programme
 from common.settings import Settings
 
 RATE_WINDOW = timedelta(seconds=60)

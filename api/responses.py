@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 from flask import request, url_for
 
 from api.access import BatchSummary
-from common.models import Batch, Image, Result
-from common.patients import PatientOutcome
-from common.quality import QualityReport
+from common.db.tables import Batch, Image, Result
+from common.imaging.gradability import QualityReport
+from common.screening.patients import PatientOutcome
 
 
 def iso(moment: datetime | None) -> str | None:

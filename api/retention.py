@@ -12,7 +12,7 @@ from api.errors import ApiError, not_found
 from api.flags import parse_flag
 from api.responses import batch_brief
 from api.state import api_state, db_session
-from common.retention import cancel_batch, purge_batch
+from common.lifecycle.retention import cancel_batch, purge_batch
 
 bp = Blueprint("retention", __name__)
 

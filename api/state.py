@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.cursors import CursorSealer
 from common.settings import Settings
-from common.storage import ImageStore
+from common.storage.files import ImageStore
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from werkzeug.datastructures import FileStorage
 from api.quotas import enforce_quotas
 from api.state import ApiState
 from api.uploads import ImageMetadata, display_filename, match_metadata
-from common.blobs import place_spools, unplace
+from common.db.tables import Batch, Image, ImageState, utcnow
 from common.ids import uuid7
-from common.models import Batch, Image, ImageState, utcnow
 from common.queue import send_grading
-from common.storage import HashingSpool
+from common.storage.blobs import place_spools, unplace
+from common.storage.files import HashingSpool
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def record_images(
 
     Quotas are checked before any file is stored, and again under the programme's lock once
     the rows are ready; the bytes are placed only after that, under their blob locks
-    (:mod:`common.blobs`), all of which the caller's commit releases.
+    (:mod:`common.storage.blobs`), all of which the caller's commit releases.
     """
     names = [display_filename(f.filename) for f in files]
     matched = match_metadata(metadata, names)

@@ -21,7 +21,7 @@ from werkzeug.formparser import FormDataParser
 
 from api.errors import ApiError, echo_client_values
 from common.filenames import relative_path, resolve_rows
-from common.storage import HashingSpool, ImageStore
+from common.storage.files import HashingSpool, ImageStore
 
 MAX_PATIENT_ID_LENGTH = 128
 METADATA_COLUMNS = ("filename", "patient_id", "laterality")

@@ -12,14 +12,14 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.apikeys import create_programme, issue_api_key, revoke_api_key
-from common.blobs import sweep_orphans
-from common.db import engine_from_settings, make_sessionmaker
-from common.models import ApiKey, Programme, utcnow
-from common.retention import purge_older_than
-from common.schema import SchemaNotAtHead, assert_schema_at_head
+from common.access.apikeys import create_programme, issue_api_key, revoke_api_key
+from common.db.engine import engine_from_settings, make_sessionmaker
+from common.db.schema import SchemaNotAtHead, assert_schema_at_head
+from common.db.tables import ApiKey, Programme, utcnow
+from common.lifecycle.retention import purge_older_than
 from common.settings import get_settings
-from common.storage import ImageStore
+from common.storage.blobs import sweep_orphans
+from common.storage.files import ImageStore
 
 DEFAULT_LIMIT = "default"
 EXPIRES_IN_HELP = "The key stops working after this long: Nd (days) or Nh (hours), e.g. 90d."

@@ -41,11 +41,11 @@ from sqlalchemy import Engine, create_engine, func, insert, make_url, select, te
 from sqlalchemy.orm import Session
 
 from cli.demo import child_process, free_port
-from common.apikeys import create_programme
-from common.db import make_engine
+from common.access.apikeys import create_programme
+from common.db.engine import make_engine
+from common.db.schema import upgrade_to_head
+from common.db.tables import Batch, BatchState, Image, ImageState, Result, utcnow
 from common.ids import uuid7
-from common.models import Batch, BatchState, Image, ImageState, Result, utcnow
-from common.schema import upgrade_to_head
 from common.settings import BUNDLED_MODEL, Settings
 
 console = Console()
@@ -95,7 +95,7 @@ def prepare_model(arch: str, folder: Path) -> Path:
     """The bundled model, or a standard backbone with random weights and its manifest."""
     if arch == "small":
         return BUNDLED_MODEL
-    from worker.networks import BACKBONES, build_backbone, save_with_manifest
+    from worker.ml.networks import BACKBONES, build_backbone, save_with_manifest
 
     if arch not in BACKBONES:
         raise click.BadParameter(f"arch must be small or one of {sorted(BACKBONES)}")
@@ -133,7 +133,7 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> dic
     """The ceiling: one process, one loop, the worker's own decode and inference code."""
     import numpy as np
 
-    from worker.model import load_model
+    from worker.ml.model import load_model
 
     model = load_model(model_path, batch_size)
     preprocessor = model.manifest.preprocessor
@@ -490,7 +490,7 @@ def bench(
     out: Path,
 ) -> None:
     """Measure offline, pipeline, naive, end-to-end, ingest and poll figures in one run."""
-    from worker.model import configure_devices
+    from worker.ml.model import configure_devices
 
     report: dict[str, Any] = {
         "arch": arch,

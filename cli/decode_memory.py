@@ -5,7 +5,7 @@ to about 320 KB. This writes ``--bombs`` of them (each different, so none is gra
 for all) and ``--photos`` camera-sized fundus JPEGs into a scratch store, then, in a fresh
 child process holding the worker's runtime and the serving model, hands them all to a
 pool of ``--threads`` decoder threads through the worker's own
-:func:`worker.grading.prepare_claim`, exactly as a grading task does. It prints, as JSON,
+:func:`worker.grading.pipeline.prepare_claim`, exactly as a grading task does. It prints, as JSON,
 the child's resident memory once the model is loaded, its peak while decoding (the
 kernel's high-water mark, reset after start-up), the outcome of every image, and what the
 pixel budget allowed. A watchdog ends the child if it passes ``--rss-limit-mib``, so a
@@ -108,9 +108,11 @@ def measure(folder: Path, settings: Settings, rss_limit_mib: int) -> dict[str, A
     """In this process: the worker's runtime and pool over every file in ``folder``."""
     from sqlalchemy.orm import sessionmaker
 
-    from common.storage import ImageStore
-    from worker.grading import Claim, Prepared, prepare_claim
-    from worker.model import load_model
+    from common.imaging.prepare import PreparedImage
+    from common.lifecycle.claims import Claim
+    from common.storage.files import ImageStore
+    from worker.grading.pipeline import prepare_claim
+    from worker.ml.model import load_model
     from worker.runtime import WorkerRuntime, configure_decoding
 
     model = load_model(settings.model_file, settings.grading_batch_size)
@@ -133,7 +135,7 @@ def measure(folder: Path, settings: Settings, rss_limit_mib: int) -> dict[str, A
     outcomes: Counter[str] = Counter()
     for future in futures:
         prepared = future.result()
-        if isinstance(prepared, Prepared):
+        if isinstance(prepared, PreparedImage):
             outcomes["gradable" if prepared.pixels is not None else "ungradable"] += 1
         else:
             outcomes[prepared.code] += 1

@@ -24,9 +24,9 @@ from rich.console import Console
 
 from cli.client import ApiClient, find_images, metadata_rows, write_results_csv
 from cli.submitting import results_table, upload_with_progress, wait_with_progress
-from common.apikeys import create_programme
-from common.db import engine_from_settings, make_sessionmaker
-from common.schema import upgrade_to_head
+from common.access.apikeys import create_programme
+from common.db.engine import engine_from_settings, make_sessionmaker
+from common.db.schema import upgrade_to_head
 from common.settings import PROJECT_ROOT, Settings
 
 SAMPLES_DIR = PROJECT_ROOT / "samples"

@@ -1,7 +1,7 @@
 """``retinaq synth / train / evaluate``: labelled synthetic images, training a model with its
 manifest, and measuring one through the serving path.
 
-``worker.training`` and ``worker.evaluation`` are imported inside their commands only, so
+``worker.ml.training`` and ``worker.ml.evaluation`` are imported inside their commands only, so
 ``retinaq --help`` and every other command start without loading TensorFlow.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from common.manifest import HEADS
+from common.modelling.manifest import HEADS
 from lab.datasets import DATASETS, DatasetError, open_dataset
 from lab.synthetic import FORMATS, LABELS_NAME, write_dataset
 
-# Kept in step with worker.networks.ARCHITECTURES, which cannot be imported here without
+# Kept in step with worker.ml.networks.ARCHITECTURES, which cannot be imported here without
 # loading TensorFlow; a test checks the two agree.
 ARCHITECTURES = (
     "small",
@@ -199,9 +199,9 @@ def train(
         raise click.ClickException(str(exc)) from exc
     click.echo(images.description)
 
-    from worker.networks import WeightsError
-    from worker.training import TrainConfig, TrainingError
-    from worker.training import train as run_training
+    from worker.ml.networks import WeightsError
+    from worker.ml.training import TrainConfig, TrainingError
+    from worker.ml.training import train as run_training
 
     suffix = "-regression" if head == "regression" else ""
     config = TrainConfig(
@@ -300,8 +300,8 @@ def evaluate(
         raise click.ClickException(str(exc)) from exc
     click.echo(images.description)
 
-    from common.manifest import ManifestError
-    from worker.evaluation import evaluate_model
+    from common.modelling.manifest import ManifestError
+    from worker.ml.evaluation import evaluate_model
 
     try:
         report = evaluate_model(

@@ -23,10 +23,10 @@ import click
 from PIL import Image
 
 from cli.csv_export import SpreadsheetWriter
-from common.manifest import ManifestError, ModelManifest, read_manifest
-from common.quality import MEASURES, QualityReport, QualityThresholds
+from common.imaging.gradability import MEASURES, QualityReport, QualityThresholds
+from common.modelling.manifest import ManifestError, ModelManifest, read_manifest
 from common.settings import Settings, get_settings
-from lab.quality_evaluation import Judged, QualitySample, evaluate_quality
+from lab.quality_eval import Judged, QualitySample, evaluate_quality
 from lab.quality_folder import QualityFolder, QualityFolderError
 from lab.quality_samples import KINDS, iter_quality_samples
 

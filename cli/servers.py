@@ -11,8 +11,8 @@ import threading
 
 import click
 
-from common.db import engine_from_settings
-from common.schema import SchemaNotAtHead, assert_schema_at_head, upgrade_to_head
+from common.db.engine import engine_from_settings
+from common.db.schema import SchemaNotAtHead, assert_schema_at_head, upgrade_to_head
 from common.settings import get_settings
 
 
@@ -118,10 +118,10 @@ def worker(serve: str, celery_args: tuple[str, ...]) -> None:
 @click.option("--interval", type=float, help="Seconds between passes (default from settings).")
 def reconcile(once: bool, interval: float | None) -> None:
     """Re-send grading for work the broker lost; fail images out of attempts."""
-    from common.db import make_sessionmaker
+    from common.db.engine import make_sessionmaker
+    from common.lifecycle.reconcile import OrphanSweeps, reconcile_once
     from common.queue import make_celery
-    from common.reconciler import OrphanSweeps, reconcile_once
-    from common.storage import ImageStore
+    from common.storage.files import ImageStore
 
     require_schema_at_head()
     settings = get_settings()

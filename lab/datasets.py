@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.grades import GRADES, N_GRADES
-from common.imaging import FIELD_OF_VIEW_THRESHOLD, ImageDecodeError
-from common.preprocessing import FundusPreprocessing
+from common.imaging.decode import FIELD_OF_VIEW_THRESHOLD, ImageDecodeError
+from common.imaging.preprocessing import FundusPreprocessing
+from common.screening.grades import GRADES, N_GRADES
 from lab.synthetic import encode_image, generate_fundus, image_seed
 
 DATASETS = ("synthetic", "aptos", "eyepacs", "folder")

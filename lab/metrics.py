@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from common.grades import N_GRADES, REFERABLE_MIN_GRADE
+from common.screening.grades import N_GRADES, REFERABLE_MIN_GRADE
 
 
 def _labels(values: ArrayLike, n_classes: int, what: str) -> np.ndarray:

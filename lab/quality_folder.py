@@ -6,7 +6,7 @@ own in the figures)::
     DIR/gradable/…            photographs a grader would grade
     DIR/ungradable/…          photographs a grader would send back
     DIR/ungradable/blurred/…  … and, where the folder is named after a reason
-                              (``common.quality.REASONS``), the reason expected
+                              (``common.imaging.gradability.REASONS``), the reason expected
 
 Each image is decoded as the worker decodes it, so the check sees what serving would see.
 A file that will not decode is skipped and named, never fatal: a folder of real
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.imaging import ImageDecodeError
-from common.quality import REASONS
-from lab.quality_evaluation import QualitySample
+from common.imaging.decode import ImageDecodeError
+from common.imaging.gradability import REASONS
+from lab.quality_eval import QualitySample
 
 GRADABLE, UNGRADABLE = "gradable", "ungradable"
 log = logging.getLogger(__name__)

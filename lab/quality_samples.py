@@ -3,8 +3,8 @@
 Good kinds are synthetic fundus photographs as ordinary cameras take them (cut off at the
 top and bottom, DRIVE's 565 px frame, 3,504 x 2,336 JPEGs, dark pigmented and light blond
 fundi, JPEG compression) and must be judged gradable. Degraded kinds each carry the one
-reason :func:`common.quality.assess_quality` should give: blur, under- and over-exposure,
-a crop that leaves little of the disc, a disc far too small, and pictures that are no
+reason :func:`common.imaging.gradability.assess_quality` should give: blur, under- and
+over-exposure, a crop that leaves little of the disc, a disc far too small, and pictures that are no
 fundus at all.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.imaging import field_of_view_box
-from common.quality import (
+from common.imaging.decode import field_of_view_box
+from common.imaging.gradability import (
     BLURRED,
     FIELD_OF_VIEW_CUT_OFF,
     NO_FIELD_OF_VIEW,
@@ -25,7 +25,7 @@ from common.quality import (
     OVEREXPOSED,
     UNDEREXPOSED,
 )
-from lab.quality_evaluation import QualitySample
+from lab.quality_eval import QualitySample
 from lab.synthetic import GRADES, generate_fundus
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

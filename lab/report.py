@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from common.grades import GRADE_NAMES, REFERABLE_MIN_GRADE
+from common.screening.grades import GRADE_NAMES, REFERABLE_MIN_GRADE
 from lab.metrics import (
     accuracy,
     bootstrap_interval,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.grades import GRADES
+from common.screening.grades import GRADES
 
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 JPEG_QUALITY = 90

@@ -23,18 +23,18 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from common.apikeys import create_programme
-from common.db import make_engine, make_sessionmaker
-from common.manifest import MANIFEST_NAME
-from common.models import Base
+from common.access.apikeys import create_programme
+from common.db.engine import make_engine, make_sessionmaker
+from common.db.schema import upgrade_to_head
+from common.db.tables import Base
+from common.modelling.manifest import MANIFEST_NAME
 from common.queue import GRADE_IMAGES_TASK
-from common.schema import upgrade_to_head
 from common.settings import BUNDLED_MODEL, Settings
-from common.storage import ImageStore
+from common.storage.files import ImageStore
 from lab.synthetic import generate_fundus
 
 if TYPE_CHECKING:
-    from worker.model import LoadedModel
+    from worker.ml.model import LoadedModel
     from worker.runtime import WorkerRuntime
 
 SERVER_URL = os.environ.get(
@@ -265,7 +265,7 @@ def registry_model(bundled_model_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def loaded_model(bundled_model_path: Path) -> LoadedModel:
     """The bundled model, loaded once; TensorFlow is imported only by tests that ask for it."""
-    from worker.model import load_model
+    from worker.ml.model import load_model
 
     return load_model(bundled_model_path, batch_size=8)
 

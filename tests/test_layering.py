@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Modules whose presence in the API process would mean modelling or TensorFlow leaked in.
-# numpy and PIL are still loaded by the API today (common.imaging, common.quality), so they
-# are not listed yet.
+# numpy and PIL are still loaded by the API today (common.imaging.decode,
+# common.imaging.gradability), so they are not listed yet.
 HEAVY_FOR_THE_API = ("lab", "tensorflow", "keras", "matplotlib", "worker")
 
 

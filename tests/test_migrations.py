@@ -13,8 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, make_url, text
 
 from api import create_app
-from common.models import Base
-from common.schema import SchemaNotAtHead, alembic_config, assert_schema_at_head, upgrade_to_head
+from common.db.schema import SchemaNotAtHead, alembic_config, assert_schema_at_head, upgrade_to_head
+from common.db.tables import Base
 from common.settings import Settings
 
 

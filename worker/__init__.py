@@ -1,7 +1,7 @@
 """Celery worker processes that hold the model and grade images in micro-batches.
 
 ``celery -A worker worker`` finds :data:`app` here. It is built on first access, so
-importing ``worker.model`` or ``worker.training`` (the benchmark, the trainer) does not
+importing ``worker.ml.model`` or ``worker.ml.training`` (the benchmark, the trainer) does not
 create a Celery app or touch the broker's folders.
 """
 

@@ -19,17 +19,18 @@ from celery import Celery
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.db import engine_from_settings, make_sessionmaker
-from common.pixel_budget import PixelBudget, budget_pixels
-from common.quality import QualityThresholds
+from common.db.engine import engine_from_settings, make_sessionmaker
+from common.db.schema import assert_schema_at_head
+from common.imaging.gradability import QualityThresholds
+from common.imaging.pixel_budget import PixelBudget, budget_pixels
 from common.queue import make_celery, send_explaining
-from common.schema import assert_schema_at_head
 from common.settings import Settings, get_settings
-from common.storage import ImageStore
+from common.storage.files import ImageStore
+from worker.grading.recording import Recorder
 
 if TYPE_CHECKING:
-    from worker.explain import GradCam
-    from worker.model import LoadedModel
+    from worker.ml.gradcam import GradCam
+    from worker.ml.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ class WorkerRuntime:
         return self.model.manifest.serving_quality_thresholds(self.settings.quality_thresholds)
 
     @cached_property
+    def recorder(self) -> Recorder:
+        """What writing results needs: sessions, the model's manifest, the heat-map settings."""
+        return Recorder(
+            self.sessions,
+            self.model.manifest,
+            heatmaps=self.settings.heatmaps,
+            borderline_margin=self.settings.borderline_margin,
+        )
+
+    @cached_property
     def producer(self) -> Celery:
         """A Celery app for sending heat-map tasks."""
         return make_celery(self.settings, name="retinaq-worker-producer")
@@ -66,7 +77,7 @@ class WorkerRuntime:
     @cached_property
     def gradcam(self) -> GradCam:
         """Grad-CAM for the held model, built on the first heat map this process makes."""
-        from worker.explain import GradCam
+        from worker.ml.gradcam import GradCam
 
         return GradCam(self.model.keras_model, self.model.batch_size)
 
@@ -114,7 +125,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     except Exception:
         engine.dispose()
         raise
-    from worker.model import configure_devices, load_model  # TensorFlow: after any fork
+    from worker.ml.model import configure_devices, load_model  # TensorFlow: after any fork
 
     configure_decoding(settings)
     devices = configure_devices()

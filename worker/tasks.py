@@ -1,5 +1,5 @@
-"""Celery tasks: thin like views, ids in, work delegated to :mod:`worker.grading` and
-:mod:`worker.explaining`."""
+"""Celery tasks: thin like views, ids in, work delegated to :mod:`worker.grading.pipeline` and
+:mod:`worker.grading.heatmaps`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
     When the database stays down past the retry budget the message goes back to the
     broker (not acknowledged), so work that could not be recorded is not lost.
     """
-    from worker.grading import grade_images
+    from worker.grading.pipeline import grade_images
     from worker.runtime import get_runtime
 
     try:
@@ -51,7 +51,7 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
 @app.task(name=EXPLAIN_IMAGES_TASK, ignore_result=True)
 def explain_images_task(image_ids: list[str]) -> int:
     """Make the heat maps these graded images still lack; repeated delivery is harmless."""
-    from worker.explaining import explain_images
+    from worker.grading.heatmaps import explain_images
     from worker.runtime import get_runtime
 
     try:

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
 from api import batches as batches_module
-from common.audit import record_event
-from common.models import AuditEvent, Programme
+from common.access.audit import record_event
+from common.db.tables import AuditEvent, Programme
 
 PATIENT_ID = "NHS-943-476-5919"
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.apikeys import revoke_api_key
+from common.access.apikeys import revoke_api_key
 
 
 def _error(response) -> dict:  # type: ignore[no-untyped-def]

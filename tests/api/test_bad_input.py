@@ -25,12 +25,12 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.imaging import ImageDecodeError, decode_image
-from common.models import Batch
-from common.models import Image as ImageRow
+from common.db.tables import Batch
+from common.db.tables import Image as ImageRow
+from common.imaging.decode import ImageDecodeError, decode_image
 from common.settings import Settings
 from lab.synthetic import generate_fundus
-from worker.grading import grade_images
+from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
 Files = list[tuple[bytes, str]]

@@ -21,13 +21,13 @@ from PIL import ImageEnhance, ImageFilter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Image
-from common.preprocessing import PREPROCESSING_VERSION
+from common.db.tables import Image
+from common.imaging.preprocessing import PREPROCESSING_VERSION
 from common.queue import EXPLAIN_IMAGES_TASK
 from common.settings import Settings
 from lab.synthetic import encode_image, generate_fundus
-from worker.explaining import explain_images
-from worker.grading import grade_images
+from worker.grading.heatmaps import explain_images
+from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
 

@@ -27,9 +27,9 @@ from api.cursors import (
     cursor_sealer,
     embedded_secret,
 )
-from common.apikeys import create_programme
-from common.db import make_engine
-from common.schema import upgrade_to_head
+from common.access.apikeys import create_programme
+from common.db.engine import make_engine
+from common.db.schema import upgrade_to_head
 from common.settings import Settings
 
 LISTING = "v1.batches.list_patients"

@@ -19,7 +19,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
 from api.errors import echo_client_values
-from common.models import AuditEvent, Batch, IdempotencyKey, Image, Result
+from common.db.tables import AuditEvent, Batch, IdempotencyKey, Image, Result
 from common.settings import Settings
 
 MiB = 1024 * 1024

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import batches as batches_module
 from api.idempotency import request_fingerprint
-from common.models import AuditEvent, Batch, IdempotencyKey, Image, Programme, utcnow
+from common.db.tables import AuditEvent, Batch, IdempotencyKey, Image, Programme, utcnow
 from common.settings import Settings
 
 

@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.apikeys import revoke_api_key
-from common.models import ApiKey, utcnow
+from common.access.apikeys import revoke_api_key
+from common.db.tables import ApiKey, utcnow
 
 MISSING = uuid.UUID("01900000-0000-7000-8000-000000000000")
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from common.manifest import MANIFEST_NAME
+from common.modelling.manifest import MANIFEST_NAME
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from PIL import ImageFilter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Image
+from common.db.tables import Image
 from lab.synthetic import encode_image, generate_fundus
-from worker.grading import grade_images
+from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
 

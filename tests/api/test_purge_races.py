@@ -21,8 +21,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Blob, Image
-from common.storage import ImageStore
+from common.db.tables import Blob, Image
+from common.storage.files import ImageStore
 
 
 def _parts(photos: list[bytes]) -> dict[str, Any]:

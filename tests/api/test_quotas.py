@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.db.tables import Batch, BatchState, Image, ImageState, Programme, utcnow
 from common.ids import uuid7
-from common.models import Batch, BatchState, Image, ImageState, Programme, utcnow
 from common.settings import Settings
 
 

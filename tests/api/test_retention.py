@@ -1,4 +1,5 @@
-"""Cancelling and purging batches: over HTTP, in ``common.retention``, and from the admin CLI."""
+"""Cancelling and purging batches: over HTTP, in ``common.lifecycle.retention``, and from
+the admin CLI."""
 
 from __future__ import annotations
 
@@ -16,18 +17,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
-from common.models import AuditEvent, Batch, Image, Result, utcnow
-from common.retention import purge_batch
+from common.db.tables import AuditEvent, Batch, Image, Result, utcnow
+from common.lifecycle.claims import claim_images
+from common.lifecycle.retention import purge_batch
 from common.settings import Settings
-from common.storage import ImageStore
-from worker.explaining import explain_images
-from worker.grading import (
-    claim_images,
-    grade_images,
-    infer_prepared,
-    prepare_claims,
-)
-from worker.recording import record_outcomes
+from common.storage.files import ImageStore
+from worker.grading.heatmaps import explain_images
+from worker.grading.pipeline import grade_claimed, grade_images
 from worker.runtime import WorkerRuntime
 
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]
@@ -138,10 +134,8 @@ def test_delete_fences_out_a_worker_that_already_claimed_the_image(
         )
     assert client.delete(batch["links"]["self"], headers=auth).status_code == 200
 
-    prepared, failures = prepare_claims(runtime, claims)
-    predictions = infer_prepared(runtime, prepared)
-    recorded = record_outcomes(runtime, claims, predictions, failures, 1.0)
-    assert (recorded.graded, recorded.failed) == (0, 0)
+    report = grade_claimed(runtime, claims)
+    assert (report.graded, report.failed, report.fenced_out) == (0, 0, 1)
     assert _count(sessions, Result) == 0
     status = client.get(batch["links"]["self"], headers=auth).get_json()
     assert (status["state"], status["counts"]["cancelled"]) == ("cancelled", 1)

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Batch, BatchState, Image, ImageState
+from common.db.tables import Batch, BatchState, Image, ImageState
 from common.settings import Settings
 
 

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Batch, Image
+from common.db.tables import Batch, Image
 from common.settings import Settings
 
 HEADER = "filename,patient_id,laterality\n"

@@ -13,8 +13,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
-from common.apikeys import programme_for_key
-from common.models import ApiKey, Programme, utcnow
+from common.access.apikeys import programme_for_key
+from common.db.tables import ApiKey, Programme, utcnow
 from common.settings import Settings, get_settings
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.main import cli
-from common.apikeys import programme_for_key
-from common.models import ApiKey
+from common.access.apikeys import programme_for_key
+from common.db.tables import ApiKey
 from common.settings import PROJECT_ROOT, Settings
 
 SUBCOMMANDS = (

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from cli.main import cli
-from common.manifest import load_verified_manifest
+from common.modelling.manifest import load_verified_manifest
 from lab.synthetic import generate_fundus, write_dataset
 
 

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
 from cli.main import cli
-from common.models import Batch, Image, ImageState
+from common.db.tables import Batch, Image, ImageState
 from common.settings import PROJECT_ROOT
-from worker.grading import grade_images
+from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.slow

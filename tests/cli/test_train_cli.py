@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import cli
 from cli.modelling import ARCHITECTURES
-from common.manifest import ModelManifest, load_verified_manifest
+from common.modelling.manifest import ModelManifest, load_verified_manifest
 from lab.synthetic import encode_image, generate_fundus, write_dataset
 
 PER_GRADE = 4
@@ -227,6 +227,6 @@ def test_an_unfitting_weights_file_is_a_click_error(tmp_path: Path) -> None:
 
 
 def test_the_cli_offers_every_architecture_the_trainer_builds() -> None:
-    from worker.networks import ARCHITECTURES as TRAINER_ARCHITECTURES
+    from worker.ml.networks import ARCHITECTURES as TRAINER_ARCHITECTURES
 
     assert ARCHITECTURES == TRAINER_ARCHITECTURES

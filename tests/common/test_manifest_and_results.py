@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.manifest import (
+from common.modelling.manifest import (
     ManifestError,
     ModelManifest,
     file_sha256,
@@ -16,7 +16,7 @@ from common.manifest import (
     read_manifest,
     write_manifest,
 )
-from common.results import interpret_probabilities
+from common.screening.outcome import interpret_probabilities
 
 
 def _manifest(**overrides: object) -> ModelManifest:

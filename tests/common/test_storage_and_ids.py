@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.ids import uuid7
-from common.storage import ImageStore
+from common.storage.files import ImageStore
 
 
 def test_spool_hashes_and_commits_under_the_digest(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.preprocessing import FundusPreprocessing
+from common.imaging.preprocessing import FundusPreprocessing
 from lab.datasets import (
     DatasetError,
     FileImage,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.grades import GRADE_NAMES
+from common.screening.grades import GRADE_NAMES
 from lab.plots import DPI, FIGURE_INCHES, confusion_matrix_png, roc_curve_png
 
 MATRIX = [[50, 3, 1, 0, 0], [4, 20, 2, 0, 0], [0, 2, 15, 1, 0], [0, 0, 0, 0, 0], [0, 0, 1, 2, 9]]

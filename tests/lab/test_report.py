@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from common.grades import GRADE_NAMES
+from common.screening.grades import GRADE_NAMES
 from lab.report import (
     ROC_POINTS,
     choose_operating_point,

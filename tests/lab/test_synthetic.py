@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imaging import FIELD_OF_VIEW_THRESHOLD, field_of_view_box
-from common.preprocessing import FundusPreprocessing
+from common.imaging.decode import FIELD_OF_VIEW_THRESHOLD, field_of_view_box
+from common.imaging.preprocessing import FundusPreprocessing
 from lab.synthetic import GRADES, encode_image, generate_fundus, image_seed, write_dataset
 
 SIZE = 256

@@ -24,7 +24,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from common.schema import upgrade_to_head
+from common.db.schema import upgrade_to_head
 from common.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

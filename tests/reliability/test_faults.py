@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from common.apikeys import create_programme
-from common.models import Image, ImageState, Result
+from common.access.apikeys import create_programme
+from common.db.tables import Image, ImageState, Result
 from lab.synthetic import generate_fundus
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
-from common.apikeys import PUBLIC_PREFIX_LENGTH, create_programme
+from common.access.apikeys import PUBLIC_PREFIX_LENGTH, create_programme
 
 pytestmark = pytest.mark.slow
 

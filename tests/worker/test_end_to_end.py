@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.manifest import read_manifest
+from common.modelling.manifest import read_manifest
 from common.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ from PIL import ImageDraw
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.models import Image, Result
+from common.db.tables import Image, Result
 from lab.quality_samples import make_sample
-from worker.grading import grade_images
+from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
 

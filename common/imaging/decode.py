@@ -1,0 +1,207 @@
+"""Decoding fundus photographs: pure functions from untrusted bytes to an upright RGB image.
+
+What a model does with the image afterwards lives in :mod:`common.imaging.preprocessing`.
+"""
+
+from __future__ import annotations
+
+import io
+import traceback
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from common.imaging.field_of_view import edge_bars, find_field_of_view
+from common.imaging.pixel_budget import PixelBudget
+
+MIN_SIDE = 32
+FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from the black frame
+# MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
+_DRAFTABLE_FORMATS = ("JPEG", "MPO")
+# EXIF orientation to the transposition that shows the picture upright (as ImageOps does).
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class ImageDecodeError(Exception):
+    """An image that cannot be graded for a reason the submitter can act on."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
+
+    Multi-frame files (animated GIF, APNG and WebP, multi-page TIFF, MPO) are graded on
+    their first frame alone: it is the frame every viewer shows, the one whose size the
+    pixel limit checks, and the later frames are never decoded.
+
+    ``draft_size`` is the shorter side the image is wanted at, at least: a JPEG decoder
+    downscales by a power of two while decoding, which is far cheaper than decoding 12
+    megapixels and resizing afterwards, and any other format is reduced by a whole factor
+    (a box filter) right after decoding. Either way the full-resolution frame is gone
+    before the image is turned upright, converted to RGB, checked or preprocessed, so it
+    is never copied. Without ``draft_size`` the image is returned at full size.
+
+    ``budget``, when given, holds the frame's pixels (its size after any JPEG draft) from
+    before it is decoded until it has been reduced, so the threads sharing it never hold
+    more full-resolution pixels at once than it allows.
+    """
+    if not data:
+        raise ImageDecodeError("empty_file", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from its own limit (``Image.MAX_IMAGE_PIXELS``, which the worker
+            # sets to ``max_pixels``); ``max_pixels`` is the limit that applies, checked below
+            # before any pixel is decoded. Beyond twice Pillow's limit it refuses outright,
+            # which is still "too many pixels".
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+            # Explicit, because the pixel limit below is checked against this frame only.
+            opened.seek(0)
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    "too_many_pixels",
+                    f"{width}x{height} exceeds the limit of {max_pixels} pixels",
+                )
+            if draft_size and opened.format in _DRAFTABLE_FORMATS:
+                opened.draft("RGB", (draft_size, draft_size))
+            decoded = opened.width * opened.height
+            if budget and decoded > budget.capacity:
+                raise ImageDecodeError(
+                    "too_many_pixels",
+                    f"{width}x{height} exceeds the decoding budget of {budget.capacity} pixels",
+                )
+            with budget.hold(decoded) if budget else nullcontext():
+                image, transpose = _load_reduced(opened, draft_size)
+            if transpose is not None:
+                image = image.transpose(transpose)
+            image = to_rgb(image)
+            if image is opened:
+                # A new single-frame image, detached from the file's frame sequence.
+                image = opened.copy()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow's frames in the traceback hold its decoder, and the decoder the frame's
+        # pixels: an error kept as a result must not keep a full-size image alive.
+        traceback.clear_frames(exc.__traceback__)
+        raise _decode_error(exc) from exc
+    if min(image.size) < MIN_SIDE:
+        raise ImageDecodeError(
+            "too_small", f"{image.size[0]}x{image.size[1]} is below {MIN_SIDE} pixels a side"
+        )
+    return image
+
+
+def _decode_error(exc: Exception) -> ImageDecodeError:
+    """What a failure inside Pillow means for the submitter."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageDecodeError("too_many_pixels", str(exc))
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageDecodeError("not_an_image", "not a recognised image format")
+    return ImageDecodeError("corrupt_image", f"the image data is damaged: {exc}")
+
+
+def _load_reduced(
+    opened: Image.Image, draft_size: int | None
+) -> tuple[Image.Image, Image.Transpose | None]:
+    """Decode the frame and reduce it towards ``draft_size``; with its EXIF transposition.
+
+    The full-resolution frame is closed here, on success or failure, unless it is the
+    image returned: an error's traceback would otherwise keep its pixels alive after
+    the budget had been given back.
+    """
+    try:
+        opened.load()
+        # Read after loading: a PNG may carry its EXIF after the pixel data.
+        transpose = _TRANSPOSITIONS.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
+        factor = min(opened.size) // draft_size if draft_size else 1
+        if factor <= 1:
+            return opened, transpose
+        reduced = _reducible(opened).reduce(factor)
+    except BaseException:
+        opened.close()
+        raise
+    opened.close()
+    return reduced, transpose
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The image in a mode whose pixels can be averaged: palette and bilevel ones cannot."""
+    if image.mode in ("P", "PA"):
+        transparent = image.mode == "PA" or "transparency" in image.info
+        return image.convert("RGBA" if transparent else "RGB")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode.startswith("I;16"):
+        return image.convert("I")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode (grayscale, 16-bit, palette, alpha, CMYK) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) or 1.0
+        scaled = np.clip(array * (255.0 / max(peak, 255.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """Bounding box of the retina; the whole image when none stands out.
+
+    The same detector as the quality check's (:mod:`common.imaging.field_of_view`): the largest
+    bright region inside any white or grey bars along the edges, so text burnt into a
+    corner, a glint outside the disc or an export's white bar does not widen the crop, and
+    a rectangular crop is the frame minus its black borders.
+    """
+    # luminance reduced as it always was, so a photograph without bars is cropped exactly
+    # as the bundled model's training images were; colour only to find the bars
+    small = image.convert("L")
+    small.thumbnail((256, 256))
+    colour = image.copy()
+    colour.thumbnail((256, 256))
+    frame = edge_bars(np.asarray(colour))
+    mask = find_field_of_view(np.asarray(small), FIELD_OF_VIEW_THRESHOLD, frame).region
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size < 8 or cols.size < 8:
+        return (0, 0, image.width, image.height)
+    scale_x = image.width / small.width
+    scale_y = image.height / small.height
+    return (
+        int(cols[0] * scale_x),
+        int(rows[0] * scale_y),
+        min(image.width, int(np.ceil((cols[-1] + 1) * scale_x))),
+        min(image.height, int(np.ceil((rows[-1] + 1) * scale_y))),
+    )

@@ -1,0 +1,2 @@
+"""Where image and heat-map bytes live: content-addressed objects, and who may place or
+remove them."""

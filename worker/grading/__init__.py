@@ -1,0 +1,1 @@
+"""Grading a micro-batch (claim, decode, infer, record) and drawing its heat maps."""
