@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import pool
 
-from common.db import make_engine
-from common.models import Base
+from common.db.engine import make_engine
+from common.db.tables import Base
 from common.settings import get_settings
 
 config = context.config
