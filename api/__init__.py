@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, request
+from flask import Flask, request
 
-from api import batches, health, images, models_registry, retention
-from api.auth import authenticate
+from api import health
 from api.cursors import cursor_sealer
 from api.errors import register_error_handlers
-from api.hosts import install_origin
-from api.idempotency import begin_idempotent_request, finish_idempotent_request
-from api.json_bodies import limit_json_body
-from api.request_ids import assign_request_id, echo_request_id
+from api.hooks.hosts import install_origin
+from api.hooks.json_bodies import limit_json_body
+from api.hooks.request_ids import assign_request_id, echo_request_id
 from api.state import ApiState, close_db_session
 from api.uploads import StreamingRequest
+from api.v1 import create_v1
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import assert_schema_at_head
 from common.queue import make_celery
@@ -51,15 +50,7 @@ def create_app(settings: Settings) -> Flask:
         cursors=cursors,
     )
 
-    v1 = Blueprint("v1", __name__, url_prefix="/v1")
-    v1.before_request(authenticate)
-    v1.before_request(begin_idempotent_request)
-    v1.after_request(finish_idempotent_request)
-    v1.register_blueprint(batches.bp)
-    v1.register_blueprint(images.bp)
-    v1.register_blueprint(retention.bp)
-    v1.register_blueprint(models_registry.bp)
-    app.register_blueprint(v1)
+    app.register_blueprint(create_v1())
     app.register_blueprint(health.bp)
 
     app.before_request(assign_request_id)

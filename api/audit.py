@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import g
 
-from api.request_ids import current_request_id
+from api.hooks.request_ids import current_request_id
 from api.state import db_session
 from common.access.audit import record_event
 

@@ -72,7 +72,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
         [
             "gunicorn",
             "--config",
-            "python:api.gunicorn_conf",
+            "python:api.serving.gunicorn_conf",
             "--bind",
             f"{host}:{port}",
             "--workers",
@@ -101,9 +101,9 @@ def worker(serve: str, celery_args: tuple[str, ...]) -> None:
     require_schema_at_head()
     settings = get_settings()
     queues = {
-        "all": [settings.queue_name, settings.explain_queue_name],
+        "all": [settings.queue_name, settings.heatmap_queue_name],
         "grading": [settings.queue_name],
-        "heatmaps": [settings.explain_queue_name],
+        "heatmaps": [settings.heatmap_queue_name],
     }[serve]
     argv = ["celery", "-A", "worker", "worker", "--queues", ",".join(queues)]
     if not any(a.startswith(("--pool", "-P")) for a in celery_args):

@@ -14,7 +14,7 @@ from celery import Celery
 from common.settings import Settings
 
 GRADE_IMAGES_TASK = "retinaq.grade_images"
-EXPLAIN_IMAGES_TASK = "retinaq.explain_images"
+HEATMAP_TASK = "retinaq.explain_images"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         task_default_queue=settings.queue_name,
         task_routes={
             GRADE_IMAGES_TASK: {"queue": settings.queue_name},
-            EXPLAIN_IMAGES_TASK: {"queue": settings.explain_queue_name},
+            HEATMAP_TASK: {"queue": settings.heatmap_queue_name},
         },
         task_serializer="json",
         accept_content=["json"],
@@ -86,13 +86,13 @@ def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> No
         )
 
 
-def send_explaining(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
+def send_heatmap_task(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
     """Heat-map tasks on their own queue, so a worker serving grading never runs them first."""
     for chunk in chunked([str(i) for i in image_ids], settings.grading_batch_size):
         celery.send_task(
-            EXPLAIN_IMAGES_TASK,
+            HEATMAP_TASK,
             args=[chunk],
-            queue=settings.explain_queue_name,
+            queue=settings.heatmap_queue_name,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )

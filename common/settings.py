@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +40,13 @@ class Settings(BaseSettings):
     )
 
     queue_name: str = "retinaq.grading"
-    explain_queue_name: str = Field(
+    heatmap_queue_name: str = Field(
         default="retinaq.explain",
         description="Heat-map tasks: a queue of their own, so grading never waits for them.",
+        # The variable's first name is still read, so existing deployments keep their queue.
+        validation_alias=AliasChoices(
+            "RETINAQ_HEATMAP_QUEUE_NAME", "RETINAQ_EXPLAIN_QUEUE_NAME", "heatmap_queue_name"
+        ),
     )
     quality_check: bool = Field(
         default=True, description="Refuse blurred, badly exposed and non-fundus images."

@@ -133,7 +133,7 @@ def settings(
         broker_url=REDIS_URL,
         storage_dir=var / "images",
         queue_name=queue_name,
-        explain_queue_name=f"{queue_name}.explain",
+        heatmap_queue_name=f"{queue_name}.explain",
         grading_batch_size=8,
         task_size=8,
         batch_wait_ms=0,  # tests grade exactly the ids they name; gathering has its own test

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from api.hosts import parse_public_url
+from api.hooks.hosts import parse_public_url
 from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

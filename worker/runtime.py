@@ -23,7 +23,7 @@ from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import assert_schema_at_head
 from common.imaging.gradability import QualityThresholds
 from common.imaging.pixel_budget import PixelBudget, budget_pixels
-from common.queue import make_celery, send_explaining
+from common.queue import make_celery, send_heatmap_task
 from common.settings import Settings, get_settings
 from common.storage.files import ImageStore
 from worker.grading.recording import Recorder
@@ -88,7 +88,7 @@ class WorkerRuntime:
         take the task is logged and the grading stands.
         """
         try:
-            send_explaining(self.producer, self.settings, image_ids)
+            send_heatmap_task(self.producer, self.settings, image_ids)
         except Exception:
             log.exception("could not queue heat maps for %d image(s)", len(image_ids))
 

@@ -8,7 +8,7 @@ import uuid
 
 from celery.exceptions import Reject
 
-from common.queue import EXPLAIN_IMAGES_TASK, GRADE_IMAGES_TASK
+from common.queue import GRADE_IMAGES_TASK, HEATMAP_TASK
 from worker.celery_app import app
 from worker.db_retry import DatabaseUnavailable
 
@@ -48,14 +48,14 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
     }
 
 
-@app.task(name=EXPLAIN_IMAGES_TASK, ignore_result=True)
-def explain_images_task(image_ids: list[str]) -> int:
+@app.task(name=HEATMAP_TASK, ignore_result=True)
+def heatmap_task(image_ids: list[str]) -> int:
     """Make the heat maps these graded images still lack; repeated delivery is harmless."""
-    from worker.grading.heatmaps import explain_images
+    from worker.grading.heatmaps import make_heatmaps
     from worker.runtime import get_runtime
 
     try:
-        made = explain_images(get_runtime(), [uuid.UUID(i) for i in image_ids])
+        made = make_heatmaps(get_runtime(), [uuid.UUID(i) for i in image_ids])
     except DatabaseUnavailable as error:
         raise Reject(str(error), requeue=True) from error
     log.info("heat maps made=%d of %d image(s)", made, len(image_ids))

@@ -34,7 +34,7 @@ from common.db.tables import (
 )
 from common.lifecycle.claims import fail_exhausted
 from common.lifecycle.progress import settle_finished_batches
-from common.queue import send_explaining, send_grading
+from common.queue import send_grading, send_heatmap_task
 from common.settings import Settings
 from common.storage.blobs import SweepReport, sweep_orphans
 from common.storage.files import ImageStore
@@ -96,7 +96,7 @@ def reconcile_once(
     send_grading(celery, settings, ids)
     heatmaps = _ask_again_for_heatmaps(sessions, settings, now)
     if heatmaps and settings.heatmaps:
-        send_explaining(celery, settings, heatmaps)
+        send_heatmap_task(celery, settings, heatmaps)
     report = ReconcileReport(
         requeued=len(ids),
         lease_expired=expired,

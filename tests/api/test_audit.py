@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from api import batches as batches_module
+from api.v1 import batches as batches_module
 from common.access.audit import record_event
 from common.db.tables import AuditEvent, Programme
 

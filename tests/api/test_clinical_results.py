@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import Image
 from common.imaging.preprocessing import PREPROCESSING_VERSION
-from common.queue import EXPLAIN_IMAGES_TASK
+from common.queue import HEATMAP_TASK
 from common.settings import Settings
 from lab.synthetic import encode_image, generate_fundus
-from worker.grading.heatmaps import explain_images
+from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
@@ -50,9 +50,9 @@ def _ids(sessions: sessionmaker[Session], batch: dict[str, Any]) -> dict[str, uu
 
 def _explain_queue(redis_client: redis.Redis, settings: Settings) -> list[list[str]]:
     tasks = []
-    for raw in redis_client.lrange(settings.explain_queue_name, 0, -1):
+    for raw in redis_client.lrange(settings.heatmap_queue_name, 0, -1):
         message = json.loads(raw)
-        assert message["headers"]["task"] == EXPLAIN_IMAGES_TASK
+        assert message["headers"]["task"] == HEATMAP_TASK
         tasks.append(json.loads(base64.b64decode(message["body"]))[0][0])
     return tasks
 
@@ -151,8 +151,8 @@ def test_heat_maps_for_referable_results_on_their_own_queue(
     ungradable = client.get(f"/v1/images/{ids['blurred.jpg']}/heatmap", headers=auth)
     assert "ungradable" in ungradable.get_json()["error"]["message"]
 
-    assert explain_images(runtime, [uuid.UUID(i) for i in wanted]) == 1
-    assert explain_images(runtime, [uuid.UUID(i) for i in wanted]) == 0, "made once"
+    assert make_heatmaps(runtime, [uuid.UUID(i) for i in wanted]) == 1
+    assert make_heatmaps(runtime, [uuid.UUID(i) for i in wanted]) == 0, "made once"
     detail = client.get(f"/v1/images/{ids['proliferative.jpg']}", headers=auth).get_json()
     heatmap_url = detail["result"]["heatmap"]
     assert heatmap_url == f"http://localhost/v1/images/{ids['proliferative.jpg']}/heatmap"
@@ -187,7 +187,7 @@ def test_a_batch_that_asks_for_explanations_gets_them_for_every_gradable_image(
     grade_images(runtime, list(ids.values()))
     wanted = sorted(item for task in _explain_queue(redis_client, settings) for item in task)
     assert wanted == sorted(str(ids[n]) for n in ("healthy.jpg", "proliferative.jpg"))
-    assert explain_images(runtime, [uuid.UUID(i) for i in wanted]) == 2
+    assert make_heatmaps(runtime, [uuid.UUID(i) for i in wanted]) == 2
     rows = client.get(batch["links"]["results"], headers=auth).json["items"]
     with_maps = {r["filename"] for r in rows if r["links"]["heatmap"]}
     assert with_maps == {"healthy.jpg", "proliferative.jpg"}

@@ -15,8 +15,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import batches as batches_module
-from api.idempotency import request_fingerprint
+from api.hooks.idempotency import request_fingerprint
+from api.v1 import batches as batches_module
 from common.db.tables import AuditEvent, Batch, IdempotencyKey, Image, Programme, utcnow
 from common.settings import Settings
 

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from api.hosts import normalise_host, parse_public_url
+from api.hooks.hosts import normalise_host, parse_public_url
 
 PUBLIC = "https://retinaq.example.org"
 

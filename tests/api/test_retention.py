@@ -22,7 +22,7 @@ from common.lifecycle.claims import claim_images
 from common.lifecycle.retention import purge_batch
 from common.settings import Settings
 from common.storage.files import ImageStore
-from worker.grading.heatmaps import explain_images
+from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_claimed, grade_images
 from worker.runtime import WorkerRuntime
 
@@ -226,7 +226,7 @@ def test_purge_removes_the_heat_maps_of_its_results(
 ) -> None:
     batch, ids = submit([(fundus_jpeg(grade=4, seed=3), "referable.jpg")])
     grade_images(runtime, ids)
-    assert explain_images(runtime, ids) == 1
+    assert make_heatmaps(runtime, ids) == 1
     with sessions() as session:
         sha = session.scalars(select(Result.heatmap_sha256)).one()
     assert sha is not None

@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 
 from common.db.tables import Image, Result
 from common.imaging.decode import ImageDecodeError
-from worker.grading.overlay import render_overlay
 from common.storage.blobs import commit_release, lock_blobs, release_blobs, unplace
 from worker.db_retry import with_db_retry
+from worker.grading.overlay import render_overlay
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -36,7 +36,7 @@ class Wanted:
     storage_path: str
 
 
-def explain_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
+def make_heatmaps(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
     """Make the missing heat maps of these images' results by the held model; returns how many."""
     budget = runtime.settings.db_retry_s
     wanted = with_db_retry(lambda: _wanted(runtime, image_ids), budget_s=budget)

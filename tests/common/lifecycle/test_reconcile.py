@@ -16,7 +16,7 @@ from common.db.tables import Batch, BatchState, IdempotencyKey, Image, ImageStat
 from common.lifecycle.reconcile import reconcile_once
 from common.queue import make_celery
 from common.settings import Settings
-from worker.grading.heatmaps import explain_images
+from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
@@ -173,8 +173,8 @@ def test_a_lost_heat_map_task_is_asked_for_again_once_per_interval(
     rows = client.get(batch["links"]["results"], headers=auth).get_json()["items"]
     ids = {r["filename"]: uuid.UUID(r["image_id"]) for r in rows}
     grade_images(runtime, list(ids.values()))
-    assert redis_client.llen(settings.explain_queue_name) == 1
-    redis_client.delete(settings.explain_queue_name)  # the heat-map task is lost
+    assert redis_client.llen(settings.heatmap_queue_name) == 1
+    redis_client.delete(settings.heatmap_queue_name)  # the heat-map task is lost
     celery = make_celery(settings, name="test-reconciler")
 
     assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "not yet stale"
@@ -187,10 +187,10 @@ def test_a_lost_heat_map_task_is_asked_for_again_once_per_interval(
         )
     assert reconcile_once(sessions, celery, settings).heatmaps_requested == 1
     assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "once a pass"
-    (message,) = redis_client.lrange(settings.explain_queue_name, 0, -1)
+    (message,) = redis_client.lrange(settings.heatmap_queue_name, 0, -1)
     assert str(ids["refer.jpg"]) in message.decode()
 
-    assert explain_images(runtime, [ids["refer.jpg"]]) == 1
+    assert make_heatmaps(runtime, [ids["refer.jpg"]]) == 1
     with sessions.begin() as session:
         session.execute(
             update(Result)

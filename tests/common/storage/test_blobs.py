@@ -28,7 +28,7 @@ from common.lifecycle.retention import purge_batch
 from common.settings import PROJECT_ROOT, Settings, get_settings
 from common.storage.blobs import lock_blobs, sweep_orphans
 from common.storage.files import ImageStore
-from worker.grading import heatmaps as explaining
+from worker.grading import heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
 
@@ -68,15 +68,15 @@ def test_a_heat_map_for_a_result_purged_meanwhile_leaves_no_bytes(
     batch = _submit(client, auth, [fundus_jpeg(grade=4, seed=3)])
     ids = _image_ids(sessions, batch["id"])
     assert grade_images(runtime, ids).graded == 1
-    real_render = explaining.render_overlay
+    real_render = heatmaps.render_overlay
 
     def render_while_the_batch_is_purged(*args: object) -> bytes:
         with sessions() as session:
             purge_batch(session, runtime.store, uuid.UUID(batch["id"]))
         return real_render(*args)
 
-    monkeypatch.setattr(explaining, "render_overlay", render_while_the_batch_is_purged)
-    assert explaining.explain_images(runtime, ids) == 0
+    monkeypatch.setattr(heatmaps, "render_overlay", render_while_the_batch_is_purged)
+    assert heatmaps.make_heatmaps(runtime, ids) == 0
     assert list(runtime.store.objects()) == [], "no heat map outlives its purged result"
     with sessions() as session:
         assert session.scalars(select(Blob.sha256)).all() == []
@@ -92,7 +92,7 @@ def test_a_heat_map_is_stored_with_its_blob_row(
     batch = _submit(client, auth, [fundus_jpeg(grade=4, seed=3)])
     ids = _image_ids(sessions, batch["id"])
     grade_images(runtime, ids)
-    assert explaining.explain_images(runtime, ids) == 1
+    assert heatmaps.make_heatmaps(runtime, ids) == 1
     with sessions() as session:
         heatmap = session.scalars(select(Result.heatmap_sha256)).one()
         blob = session.get_one(Blob, heatmap)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.access_log import escape
+from api.serving.access_log import escape
 
 
 @pytest.mark.parametrize(

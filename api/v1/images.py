@@ -7,9 +7,9 @@ import uuid
 from flask import Blueprint, Response, jsonify, send_file
 
 from api.audit import audit_read
-from api.auth import scope
 from api.errors import ApiError, not_found
-from api.responses import image_detail
+from api.hooks.auth import scope
+from api.representations.json import image_detail
 from api.state import api_state
 from common.db.tables import Image, Result
 

@@ -1,4 +1,4 @@
-"""``/v1/batches``: submit images, follow a batch, read its results."""
+"""``/v1/batches``: submit images, follow a batch, read its results, cancel or purge it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.audit import audit, audit_read
-from api.auth import scope
 from api.errors import ApiError, echo_client_values, not_found
 from api.flags import parse_flag
-from api.json_bodies import json_object
+from api.hooks.auth import scope
+from api.hooks.json_bodies import json_object
 from api.pagination import (
     decode_cursor,
     decode_text_cursor,
@@ -20,7 +20,7 @@ from api.pagination import (
     encode_text_cursor,
     parse_limit,
 )
-from api.responses import (
+from api.representations.json import (
     batch_brief,
     batch_status,
     image_record,
@@ -33,6 +33,7 @@ from api.submission import enqueue_grading, record_images
 from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
 from common.db.tables import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
 from common.lifecycle.progress import settle_batch
+from common.lifecycle.retention import cancel_batch, purge_batch
 from common.screening.patients import EyeImage, roll_up
 
 bp = Blueprint("batches", __name__)
@@ -312,3 +313,45 @@ def list_patients(batch_id: uuid.UUID) -> Response:
     items = [patient_row(roll_up(p, images)) for p, images in by_patient.items()]
     audit_read("results.read", "batch", batch.id, {"patients": len(items)})
     return jsonify({"batch_id": str(batch.id), "items": items, "links": links})
+
+
+def _purge_requested() -> bool:
+    try:
+        return parse_flag(request.args.get("purge", ""))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_purge", "purge must be true or false") from exc
+
+
+@bp.delete("/batches/<uuid:batch_id>")
+def delete_batch(batch_id: uuid.UUID) -> Response:
+    """Cancel pending images (200 with the batch); ``?purge=true`` also erases rows and bytes (204).
+
+    Graded images keep their results unless purged. Image bytes are removed only when no
+    other image, in any batch or programme, was submitted with the same content.
+    """
+    purge = _purge_requested()
+    session = db_session()
+    batch = scope().batch(batch_id, for_update=True)
+    if batch is None:
+        raise not_found("batch")
+    state_before = batch.state.value
+    if purge:
+        # Added first so that it commits with the deletion, inside purge_batch.
+        audit(
+            "batch.delete",
+            "batch",
+            batch.id,
+            {"purge": True, "state": state_before, "image_count": batch.image_count},
+        )
+        purge_batch(session, api_state().store, batch.id)
+        return Response(status=204)
+    outcome = cancel_batch(session, batch.id)
+    audit(
+        "batch.delete",
+        "batch",
+        batch.id,
+        {"purge": False, "state": state_before, "images_cancelled": outcome.images_cancelled},
+    )
+    session.commit()
+    session.refresh(batch)
+    return jsonify(batch_brief(batch))

@@ -28,8 +28,8 @@ import httpx
 import pytest
 from gunicorn.http import errors
 
-from api.server_errors import classify_error
-from api.serving import HEADER_TIMEOUT_S, head_ready
+from api.serving.errors import classify_error
+from api.serving.head_first import HEADER_TIMEOUT_S, head_ready
 from common.settings import PROJECT_ROOT
 
 SLOW_CLIENTS = 50
@@ -120,7 +120,7 @@ def served(
 
 
 QUICK_WORKER = """
-from api.serving import HeadFirstWorker
+from api.serving.head_first import HeadFirstWorker
 
 
 class QuickTimeouts(HeadFirstWorker):
@@ -142,7 +142,7 @@ def served_one_thread(
         "-m",
         "gunicorn",
         "--config",
-        "python:api.gunicorn_conf",
+        "python:api.serving.gunicorn_conf",
         "--worker-class",
         "quick_worker.QuickTimeouts",
         "--workers",

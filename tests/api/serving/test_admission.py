@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.admission import BodyRequest, BodySlots, body_request, credential_digest
+from api.serving.admission import BodyRequest, BodySlots, body_request, credential_digest
 
 
 @pytest.mark.parametrize(

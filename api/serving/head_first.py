@@ -13,9 +13,9 @@ A request *body* is read on the thread, by design: uploads stream into the image
 they arrive. Each read of the socket is bounded by ``BODY_IDLE_TIMEOUT_S`` (a client that
 goes silent mid-body gets 408 ``body_timeout``), and so is each write of a response. So that
 stalled bodies cannot hold every thread, a process admits only so many requests with a
-body at once, and one API key only a share of them (``api.admission``); one over either cap
+body at once, and one API key only a share of them (``api.serving.admission``); one over either cap
 is answered 503 ``server_busy`` from the event loop, without a thread. A body gunicorn
-cannot parse is the client's error, not the app's (``api.request_bodies``). The server's
+cannot parse is the client's error, not the app's (``api.serving.request_bodies``). The server's
 own errors (a malformed or oversized request line or header) answer in the API's JSON error
 shape instead of gunicorn's HTML page, and a connection closed after one of them lingers
 briefly in the event loop, reading, so that the client gets the answer instead of a reset.
@@ -38,9 +38,9 @@ from gunicorn.http.message import MAX_REQUEST_LINE, Request
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from api.admission import BodySlots, body_request
-from api.request_bodies import guard_body
-from api.server_errors import classify_error, json_error
+from api.serving.admission import BodySlots, body_request
+from api.serving.errors import classify_error, json_error
+from api.serving.request_bodies import guard_body
 from common.settings import get_settings
 
 HEADER_TIMEOUT_S = 15.0
@@ -203,7 +203,8 @@ class HeadFirstWorker(ThreadWorker):
         return super().handle(conn)
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
-        """Serve one request, its body read through :func:`api.request_bodies.guard_body`."""
+        """Serve one request, its body read through
+        :func:`api.serving.request_bodies.guard_body`."""
         guard_body(req, self.max_chunk_bytes, self.body_idle_timeout_s)
         return bool(super().handle_request(req, conn))
 
