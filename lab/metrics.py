@@ -1,7 +1,7 @@
 """Grading metrics in pure numpy: what the manifest, the evaluation and the benchmark report.
 
 QWK for the five ICDR grades, sensitivity/specificity and ROC AUC for the referable
-decision (grade >= 2), as the published screening systems report them (DOMAIN.md), and
+decision (grade >= 2), as the published screening systems report them (docs/domain.md), and
 percentile-bootstrap intervals around any of them.
 """
 

@@ -2,7 +2,7 @@
 
 No real photograph may ship with the project, so the bundled model, the demo samples and
 the tests all use these. Each image has a field-of-view disc, an optic disc, a macula and
-branching vessels, plus the lesions that define its grade (see DOMAIN.md), drawn large
+branching vessels, plus the lesions that define its grade (see docs/domain.md), drawn large
 enough to stay visible once downscaled to a small model's input.
 """
 
@@ -403,7 +403,7 @@ def _preretinal_haemorrhage(
 
 
 def _lesions(rng: np.random.Generator, geo: _Geometry, grade: int) -> tuple[Image.Image, ...]:
-    """Red-lesion, exudate and cotton-wool masks for the grade's signs (DOMAIN.md)."""
+    """Red-lesion, exudate and cotton-wool masks for the grade's signs (docs/domain.md)."""
     size = (geo.size, geo.size)
     red, yellow, white = Image.new("L", size), Image.new("L", size), Image.new("L", size)
     red_draw = ImageDraw.Draw(red)

@@ -37,7 +37,7 @@ METRIC_KEYS = {
     "train_seconds",
     "best_epoch",
 }
-# DOMAIN.md's table: each backbone's standard input and preprocess_input mode.
+# docs/domain.md's table: each backbone's standard input and preprocess_input mode.
 STANDARD_INPUTS = {
     "small": (128, "rescale"),
     "mobilenetv2": (224, "tf"),
