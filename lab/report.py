@@ -67,14 +67,6 @@ def evaluation_report(
     images = int(np.asarray(grades).size)
     truth, scores = _gradable_rows(grades, probabilities, gradable)
     count = int(truth.size)
-    predicted = scores.argmax(axis=1)
-    matrix = confusion_matrix(truth, predicted)
-    precision, recall = per_grade_precision_recall(truth, predicted)
-    referable = truth >= REFERABLE_MIN_GRADE
-    positives = int(referable.sum())
-    score = referable_probability(scores)
-    flagged = score >= referable_threshold
-    sensitivity, specificity = referable_sensitivity_specificity(truth, flagged)
 
     def interval(
         statistic: Callable[[np.ndarray], float], strata: np.ndarray | None = None
@@ -88,6 +80,20 @@ def evaluation_report(
         "gradable": count,
         "ungradable": images - count,
         "ungradable_rate": _number((images - count) / images if images else math.nan),
+        **_grading_section(truth, scores.argmax(axis=1), interval),
+        "referable": _referable_section(truth, scores, referable_threshold, interval),
+        "bootstrap": {"resamples": resamples, "confidence": CONFIDENCE, "seed": seed},
+    }
+
+
+Interval = Callable[..., tuple[float, float]]
+
+
+def _grading_section(truth: np.ndarray, predicted: np.ndarray, interval: Interval) -> dict:
+    """Accuracy, QWK, the confusion matrix and per-grade precision and recall."""
+    matrix = confusion_matrix(truth, predicted)
+    precision, recall = per_grade_precision_recall(truth, predicted)
+    return {
         "accuracy": _number(accuracy(truth, predicted)),
         "quadratic_weighted_kappa": _estimate(
             quadratic_weighted_kappa(truth, predicted),
@@ -102,29 +108,41 @@ def evaluation_report(
             }
             for grade, name in enumerate(GRADE_NAMES)
         },
-        "referable": {
-            "threshold": float(referable_threshold),
-            "positives": positives,
-            "negatives": count - positives,
-            "prevalence": _number(positives / count if count else math.nan),
-            "sensitivity": _estimate(
-                sensitivity,
-                interval(
-                    lambda i: referable_sensitivity_specificity(truth[i], flagged[i])[0], referable
-                ),
+    }
+
+
+def _referable_section(
+    truth: np.ndarray, scores: np.ndarray, threshold: float, interval: Interval
+) -> dict:
+    """Referable DR at ``threshold`` on P(grade >= 2): sensitivity, specificity, AUC, ROC;
+    the intervals resample within the referable and non-referable images (stratified)."""
+    count = int(truth.size)
+    referable = truth >= REFERABLE_MIN_GRADE
+    positives = int(referable.sum())
+    score = referable_probability(scores)
+    flagged = score >= threshold
+    sensitivity, specificity = referable_sensitivity_specificity(truth, flagged)
+    return {
+        "threshold": float(threshold),
+        "positives": positives,
+        "negatives": count - positives,
+        "prevalence": _number(positives / count if count else math.nan),
+        "sensitivity": _estimate(
+            sensitivity,
+            interval(
+                lambda i: referable_sensitivity_specificity(truth[i], flagged[i])[0], referable
             ),
-            "specificity": _estimate(
-                specificity,
-                interval(
-                    lambda i: referable_sensitivity_specificity(truth[i], flagged[i])[1], referable
-                ),
+        ),
+        "specificity": _estimate(
+            specificity,
+            interval(
+                lambda i: referable_sensitivity_specificity(truth[i], flagged[i])[1], referable
             ),
-            "auc": _estimate(
-                roc_auc(referable, score), interval(roc_auc_statistic(referable, score), referable)
-            ),
-            "roc": _roc_points(referable, score) if 0 < positives < count else None,
-        },
-        "bootstrap": {"resamples": resamples, "confidence": CONFIDENCE, "seed": seed},
+        ),
+        "auc": _estimate(
+            roc_auc(referable, score), interval(roc_auc_statistic(referable, score), referable)
+        ),
+        "roc": _roc_points(referable, score) if 0 < positives < count else None,
     }
 
 
