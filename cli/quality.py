@@ -23,8 +23,8 @@ import click
 from PIL import Image
 
 from cli.csv_export import SpreadsheetWriter
-from common.imaging.gradability import MEASURES, QualityReport, QualityThresholds
 from common.modelling.manifest import ManifestError, ModelManifest, read_manifest
+from common.screening.quality import MEASURES, QualityReport, QualityThresholds
 from common.settings import Settings, get_settings
 from lab.quality_eval import Judged, QualitySample, evaluate_quality
 from lab.quality_folder import QualityFolder, QualityFolderError

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.imaging.gradability import (
+from common.imaging.gradability import assess_quality
+from common.screening.quality import (
     DEFAULT_THRESHOLDS,
     MEASURES,
     REASONS,
     QualityReport,
     QualityThresholds,
-    assess_quality,
 )
 
 # The spread of a measure: these percentiles, named p0 (least) to p100 (most).

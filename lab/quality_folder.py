@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from common.imaging.decode import ImageDecodeError
-from common.imaging.gradability import REASONS
+from common.screening.quality import REASONS
 from lab.quality_eval import QualitySample
 
 GRADABLE, UNGRADABLE = "gradable", "ungradable"

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from common.imaging.decode import field_of_view_box
-from common.imaging.gradability import (
+from common.screening.quality import (
     BLURRED,
     FIELD_OF_VIEW_CUT_OFF,
     NO_FIELD_OF_VIEW,

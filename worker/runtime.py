@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import assert_schema_at_head
-from common.imaging.gradability import QualityThresholds
 from common.imaging.pixel_budget import PixelBudget, budget_pixels
 from common.queue import make_celery, send_heatmap_task
+from common.screening.quality import QualityThresholds
 from common.settings import Settings, get_settings
 from common.storage.files import ImageStore
 from worker.grading.recording import Recorder

@@ -10,8 +10,8 @@ from flask import request, url_for
 
 from api.access import BatchSummary
 from common.db.tables import Batch, Image, Result
-from common.imaging.gradability import QualityReport
 from common.screening.patients import PatientOutcome
+from common.screening.quality import QualityReport
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.imaging.gradability import QualityReport, QualityThresholds, assess_quality
+from common.imaging.gradability import assess_quality
 from common.imaging.pixel_budget import PixelBudget
 from common.imaging.preprocessing import FundusPreprocessing
+from common.screening.quality import QualityReport, QualityThresholds
 
 UNCHECKED = QualityReport(gradable=True, reasons=(), measures={})
 """The report of an image that was not checked (the deployment turned the check off)."""

@@ -16,11 +16,8 @@ from PIL import Image, ImageFilter
 
 from common.imaging.decode import FIELD_OF_VIEW_THRESHOLD, decode_image, field_of_view_box
 from common.imaging.pixel_budget import PixelBudget
+from common.imaging.preprocessing_steps import NORMALISATIONS, preprocessing_steps
 
-# Bump whenever the pixels a given manifest produces change: results store it, and a model
-# trained under another version is refused rather than fed pixels it never saw.
-PREPROCESSING_VERSION = "2"
-NORMALISATIONS = ("rescale", "tf", "caffe", "torch", "raw")
 # Decoding keeps at least this many pixels a side, so the quality checks see fine detail
 # (focus) even for a model whose input is small.
 MIN_DECODE_SIDE = 512
@@ -118,14 +115,7 @@ class FundusPreprocessing:
     @property
     def steps(self) -> tuple[str, ...]:
         """The steps in order, named as the manifest and every result record them."""
-        graham = ("ben_graham", "mask_border") if self.ben_graham else ()
-        return (
-            "crop_field_of_view",
-            "pad_square",
-            f"resize_{self.input_size}",
-            *graham,
-            f"normalise_{self.normalisation}",
-        )
+        return preprocessing_steps(self.input_size, self.normalisation, self.ben_graham)
 
     @property
     def decode_side(self) -> int:

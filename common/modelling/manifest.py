@@ -12,11 +12,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.imaging.gradability import QualityThresholds
-from common.imaging.preprocessing import NORMALISATIONS, PREPROCESSING_VERSION, FundusPreprocessing
+from common.imaging.preprocessing_steps import (
+    NORMALISATIONS,
+    PREPROCESSING_VERSION,
+    preprocessing_steps,
+)
 from common.screening.grades import GRADE_NAMES
+from common.screening.quality import QualityThresholds
+
+if TYPE_CHECKING:
+    from common.imaging.preprocessing import FundusPreprocessing
 
 MANIFEST_NAME = "manifest.json"
 HEADS = ("softmax", "regression")
@@ -75,6 +82,9 @@ class ModelManifest:
     @property
     def preprocessor(self) -> FundusPreprocessing:
         """The preprocessing this model was trained with, ready to run."""
+        # Imported here: reading and listing manifests (the API) never needs the pixels.
+        from common.imaging.preprocessing import FundusPreprocessing
+
         return FundusPreprocessing(self.input_size, self.preprocessing, self.ben_graham)
 
     def serving_quality_thresholds(self, overrides: Mapping[str, float]) -> QualityThresholds:
@@ -87,7 +97,7 @@ class ModelManifest:
     @property
     def preprocessing_steps(self) -> tuple[str, ...]:
         """The named steps from photograph to model input, as results record them."""
-        return self.preprocessor.steps
+        return preprocessing_steps(self.input_size, self.preprocessing, self.ben_graham)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields, plus the preprocessing steps spelled out for readers."""

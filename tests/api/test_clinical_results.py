@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import Image
-from common.imaging.preprocessing import PREPROCESSING_VERSION
+from common.imaging.preprocessing_steps import PREPROCESSING_VERSION
 from common.queue import HEATMAP_TASK
 from common.settings import Settings
 from lab.synthetic import encode_image, generate_fundus

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from cli.main import cli
-from common.imaging.gradability import MEASURES, REASONS
+from common.screening.quality import MEASURES, REASONS
 from lab.quality_samples import KINDS, make_sample
 from lab.synthetic import generate_fundus
 

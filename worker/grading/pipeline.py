@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.imaging.decode import ImageDecodeError
-from common.imaging.gradability import QualityReport
 from common.imaging.prepare import PreparedImage, prepare_image
 from common.lifecycle.claims import Claim, claim_images, claim_queued
 from common.lifecycle.progress import mark_batches_processing, record_batch_model
 from common.screening.outcome import ImageOutcome, interpret_probabilities
+from common.screening.quality import QualityReport
 from worker.db_retry import with_db_retry
 from worker.grading.recording import known_outcomes, record_outcomes
 

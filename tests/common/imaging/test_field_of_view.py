@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from common.imaging.decode import field_of_view_box
 from common.imaging.field_of_view import CIRCLE, RECTANGLE, edge_bars, find_field_of_view
-from common.imaging.gradability import BLURRED, UNDEREXPOSED, assess_quality
+from common.imaging.gradability import assess_quality
+from common.screening.quality import BLURRED, UNDEREXPOSED
 from lab.synthetic import generate_fundus
 
 REAL = Path(__file__).resolve().parents[2] / "data" / "real"

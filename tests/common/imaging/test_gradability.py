@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from common.imaging.gradability import (
+from common.imaging.gradability import assess_quality
+from common.screening.quality import (
     BLURRED,
     EXPLANATIONS,
     FIELD_OF_VIEW_CUT_OFF,
@@ -21,7 +22,6 @@ from common.imaging.gradability import (
     UNDEREXPOSED,
     QualityReport,
     QualityThresholds,
-    assess_quality,
 )
 from lab.quality_samples import KINDS, make_sample
 from lab.synthetic import GRADES, generate_fundus

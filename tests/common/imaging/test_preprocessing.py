@@ -8,15 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from common.imaging.gradability import QualityThresholds
 from common.imaging.preprocessing import (
-    PREPROCESSING_VERSION,
     FundusPreprocessing,
     ben_graham,
     border_mask,
     normalise,
 )
+from common.imaging.preprocessing_steps import PREPROCESSING_VERSION
 from common.modelling.manifest import ManifestError, ModelManifest
+from common.screening.quality import QualityThresholds
 from lab.synthetic import encode_image, generate_fundus
 
 LIMIT = 50_000_000
