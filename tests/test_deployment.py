@@ -19,13 +19,13 @@ def test_all_services_are_present() -> None:
         "api",
         "proxy",
         "worker",
-        "explainer",
+        "heatmap-worker",
         "reconciler",
     }
 
 
 def test_services_needing_the_database_wait_for_the_migration() -> None:
-    for name in ("api", "worker", "explainer", "reconciler"):
+    for name in ("api", "worker", "heatmap-worker", "reconciler"):
         env = SERVICES[name]["environment"]
         assert env["RETINAQ_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == (
@@ -46,16 +46,16 @@ def test_worker_reserves_a_gpu_and_can_scale() -> None:
 
 def test_heat_maps_run_on_workers_of_their_own() -> None:
     assert SERVICES["worker"]["command"] == ["retinaq", "worker", "--serve", "grading"]
-    assert SERVICES["explainer"]["command"] == ["retinaq", "worker", "--serve", "heatmaps"]
+    assert SERVICES["heatmap-worker"]["command"] == ["retinaq", "worker", "--serve", "heatmaps"]
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
-    for name in ("postgres", "redis", "api", "worker", "explainer"):
+    for name in ("postgres", "redis", "api", "worker", "heatmap-worker"):
         assert SERVICES[name]["healthcheck"]["test"], name
 
 
 def test_api_and_worker_share_the_image_store() -> None:
-    for name in ("api", "worker", "explainer"):
+    for name in ("api", "worker", "heatmap-worker"):
         assert "images:/data/images" in SERVICES[name]["volumes"]
         assert SERVICES[name]["environment"]["RETINAQ_STORAGE_DIR"] == "/data/images"
     assert "images" in COMPOSE["volumes"]
