@@ -14,9 +14,11 @@ COPY common ./common
 COPY cli ./cli
 COPY lab ./lab
 COPY migrations ./migrations
+# common/modelling/bundled and cli/samples link to models/ and samples/; the wheel carries
+# their files (and migrations/) into site-packages, with TensorFlow for the worker roles.
 COPY models ./models
 COPY samples ./samples
-RUN pip install -e . && mkdir -p /data/images && chown -R retinaq /data
+RUN pip install '.[worker]' && mkdir -p /data/images && chown -R retinaq /data
 
 USER retinaq
 ENV RETINAQ_STORAGE_DIR=/data/images \

@@ -1,6 +1,7 @@
 # The two commands a newcomer runs (see README.md):
-#   make demo   — install, then grade the bundled sample batch end to end (embedded profile)
-#   make test   — install with the dev extra, then run the whole test suite
+#   make demo   — install with the worker extra, then grade the bundled sample batch end to end
+#                 (embedded profile)
+#   make test   — install with the dev extra (worker, lab and the tools), then run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[worker]'
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml

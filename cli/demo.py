@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,13 +24,15 @@ import httpx
 from rich.console import Console
 
 from cli.client import ApiClient, find_images, metadata_rows, write_results_csv
+from cli.extras import require_extra
 from cli.submitting import results_table, upload_with_progress, wait_with_progress
 from common.access.apikeys import create_programme
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import upgrade_to_head
-from common.settings import PROJECT_ROOT, Settings
+from common.settings import Settings
 
-SAMPLES_DIR = PROJECT_ROOT / "samples"
+# Package data (in a checkout, a link to samples/), so an installed copy has its photographs.
+SAMPLES_DIR = Path(str(resources.files("cli") / "samples"))
 _PROFILE_VARIABLES = ("RETINAQ_DATABASE_URL", "RETINAQ_BROKER_URL", "RETINAQ_STORAGE_DIR")
 console = Console()
 
@@ -93,6 +96,7 @@ def wait_until_ready(base_url: str, processes: list[Any], timeout: float = 90.0)
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for grading.")
 def demo(var_dir: Path, samples: Path, timeout: float) -> None:
     """Run a screening batch end to end on the embedded profile (API + worker + CLI client)."""
+    require_extra("worker")
     started = time.monotonic()
     var_dir = var_dir.resolve()
     shutil.rmtree(var_dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from cli.extras import require_extra
 from common.modelling.manifest import HEADS
 from lab.datasets import DATASETS, DatasetError, open_dataset
 from lab.synthetic import FORMATS, LABELS_NAME, write_dataset
@@ -179,6 +180,7 @@ def train(
     model_version: str,
 ) -> None:
     """Train a grading model; write model.keras, its manifest and checkpoints."""
+    require_extra("lab")
     if source != "synthetic" and data_dir is None:
         raise click.UsageError(f"--data {source} needs DATA_DIR")
     if source == "synthetic" and data_dir is not None:
@@ -290,6 +292,7 @@ def evaluate(
     seed: int,
 ) -> None:
     """Measure MODEL (a model.keras or its folder) on a labelled set: JSON and PNG plots."""
+    require_extra("lab")
     model_path = model / "model.keras" if model.is_dir() else model
     source = source or ("folder" if data_dir is not None else "synthetic")
     if source == "synthetic" and data_dir is not None:

@@ -11,6 +11,7 @@ import threading
 
 import click
 
+from cli.extras import require_extra
 from common.db.engine import engine_from_settings
 from common.db.schema import SchemaNotAtHead, assert_schema_at_head, upgrade_to_head
 from common.settings import get_settings
@@ -98,6 +99,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(serve: str, celery_args: tuple[str, ...]) -> None:
     """Run a worker: ``celery -A worker worker --pool=solo`` plus any extra options."""
+    require_extra("worker")
     require_schema_at_head()
     settings = get_settings()
     queues = {

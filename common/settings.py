@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = PROJECT_ROOT / "models"
+# The registry shipped as package data (in a checkout, a link to ``models/``), so an installed
+# copy finds its model wherever it was installed and whatever the working directory.
+BUNDLED_MODELS_DIR = Path(str(resources.files("common.modelling") / "bundled"))
 BUNDLED_MODEL_NAME = "retinaq-small"
-BUNDLED_MODEL = MODELS_DIR / BUNDLED_MODEL_NAME / "model.keras"
+BUNDLED_MODEL = BUNDLED_MODELS_DIR / BUNDLED_MODEL_NAME / "model.keras"
 
 
 class Settings(BaseSettings):
@@ -30,7 +32,8 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker URL; default a folder broker.")
     storage_dir: Path | None = Field(default=None, description="Content-addressed image store.")
     models_dir: Path = Field(
-        default=MODELS_DIR, description="The model registry: <name>/model.keras + manifest."
+        default=BUNDLED_MODELS_DIR,
+        description="The model registry: <name>/model.keras + manifest; default the bundled one.",
     )
     model_name: str = Field(
         default=BUNDLED_MODEL_NAME, description="The registry model that workers serve."

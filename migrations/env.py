@@ -12,7 +12,9 @@ from common.db.tables import Base
 from common.settings import get_settings
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+# Only `alembic` by hand reads alembic.ini; common.db.schema builds its config (and logging)
+# in code, since an installed copy has no ini.
+if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 # Autogenerate (`alembic revision --autogenerate`, `alembic check`) compares against the

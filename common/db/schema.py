@@ -2,34 +2,57 @@
 
 from __future__ import annotations
 
+import logging.config
+from importlib import resources
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from common.settings import PROJECT_ROOT
-
 UPGRADE_HINT = "run `retinaq db upgrade` (or `alembic upgrade head`)"
+
+# What alembic.ini's logging sections give `alembic` by hand: the migrations applied, on stderr.
+_UPGRADE_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"generic": {"format": "%(levelname)-5.5s [%(name)s] %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "generic",
+        }
+    },
+    "loggers": {"alembic": {"level": "INFO", "handlers": ["console"], "propagate": False}},
+}
 
 
 class SchemaNotAtHead(RuntimeError):
     """The database's schema revision differs from the code's Alembic head."""
 
 
+def migrations_dir() -> Path:
+    """The installed ``migrations`` package: a checkout's folder, or the copy a wheel ships."""
+    return Path(str(resources.files("migrations")))
+
+
 def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at ``migrations/`` and the given database."""
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    """Alembic's configuration built in code, so an installed copy needs no ``alembic.ini``."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 
 def upgrade_to_head(database_url: str, *, quiet: bool = False) -> None:
-    """Apply every pending migration; ``quiet`` leaves the caller's logging alone."""
-    config = alembic_config(database_url)
-    config.attributes["configure_logger"] = not quiet
-    command.upgrade(config, "head")
+    """Apply every pending migration, logging each one unless ``quiet``."""
+    if not quiet:
+        logging.config.dictConfig(_UPGRADE_LOGGING)
+    command.upgrade(alembic_config(database_url), "head")
 
 
 def head_revision(database_url: str) -> str | None:

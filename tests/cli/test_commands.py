@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.main import cli
 from common.access.apikeys import programme_for_key
 from common.db.tables import ApiKey
-from common.settings import PROJECT_ROOT, Settings
+from common.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 SUBCOMMANDS = (
     "demo",

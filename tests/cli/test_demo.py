@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import PROJECT_ROOT
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

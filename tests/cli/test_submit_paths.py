@@ -26,9 +26,10 @@ from werkzeug.serving import make_server
 
 from cli.main import cli
 from common.db.tables import Batch, Image, ImageState
-from common.settings import PROJECT_ROOT
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

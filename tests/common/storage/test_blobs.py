@@ -25,12 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.main import cli
 from common.db.tables import Blob, Image, Result, utcnow
 from common.lifecycle.retention import purge_batch
-from common.settings import PROJECT_ROOT, Settings, get_settings
+from common.settings import Settings, get_settings
 from common.storage.blobs import lock_blobs, sweep_orphans
 from common.storage.files import ImageStore
 from worker.grading import heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 HOUR = 3600.0
 
