@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 
 from api import health
 from api.cursors import cursor_sealer
@@ -31,7 +32,9 @@ def create_app(settings: Settings) -> Flask:
         MAX_FORM_PARTS=settings.max_files_per_request + 16,
         MAX_FORM_MEMORY_SIZE=settings.max_metadata_bytes,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    json_provider = app.json
+    assert isinstance(json_provider, DefaultJSONProvider)  # Flask's default: it has sort_keys
+    json_provider.sort_keys = False
     install_origin(app, settings)  # public URL and trusted proxies; checked first
 
     engine = engine_from_settings(settings)

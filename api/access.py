@@ -42,7 +42,7 @@ class ProgrammeScope:
             query = query.with_for_update(key_share=True)
         return self.session.scalar(query)
 
-    def image_with_result(self, image_id: uuid.UUID) -> Row[tuple[Image, Result | None]] | None:
+    def image_with_result(self, image_id: uuid.UUID) -> Row[Image, Result | None] | None:
         """One of this programme's images and its result, if graded."""
         return self.session.execute(
             select(Image, Result)
@@ -59,7 +59,7 @@ class ProgrammeScope:
 
     def images_page(
         self, batch: Batch, after: uuid.UUID | None, limit: int
-    ) -> Sequence[Row[tuple[Image, Result | None]]]:
+    ) -> Sequence[Row[Image, Result | None]]:
         """A batch's images with their results, in submission order, ``limit + 1`` rows."""
         query = (
             select(Image, Result)
@@ -72,7 +72,7 @@ class ProgrammeScope:
 
     def patients_page(
         self, batch: Batch, after: str | None, limit: int
-    ) -> tuple[list[str], Sequence[Row[tuple[Image, Result | None]]]]:
+    ) -> tuple[list[str], Sequence[Row[Image, Result | None]]]:
         """Up to ``limit + 1`` patient ids of a batch in order, and the first ``limit``
         patients' images with their results."""
         query = (

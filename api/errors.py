@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        response = error_response(status, _CODES.get(status, "http_error"), error.description)
-        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
-            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        message = error.description or ""  # werkzeug's own exceptions all have one
+        response = error_response(status, _CODES.get(status, "http_error"), message)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="retinaq"'
         return response

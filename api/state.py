@@ -28,14 +28,16 @@ class ApiState:
 
 def api_state() -> ApiState:
     """The current app's state."""
-    return current_app.extensions["retinaq"]
+    state: ApiState = current_app.extensions["retinaq"]
+    return state
 
 
 def db_session() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     if "db" not in g:
         g.db = api_state().sessions()
-    return g.db
+    session: Session = g.db
+    return session
 
 
 def close_db_session(_exc: BaseException | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
@@ -38,12 +39,10 @@ def record_images(
     matched = match_metadata(metadata, names)
     now = utcnow()
     enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
-    spools = [upload.stream for upload in files]
-    if not all(isinstance(spool, HashingSpool) for spool in spools):
-        raise TypeError("uploads must be spooled by StreamingRequest")
+    spools = _spools(files)
     store = state.store
-    store.sync(spools)  # type: ignore[arg-type]  # the slow part, before any lock is taken
-    rows = []
+    store.sync(spools)  # the slow part, before any lock is taken
+    rows: list[dict[str, Any]] = []
     for spool, name in zip(spools, names, strict=True):
         facts = matched.get(name, ImageMetadata(None, None))
         rows.append(
@@ -67,7 +66,7 @@ def record_images(
     # Bytes go in place under their blob locks, after every check that could refuse the
     # request, and in the transaction that inserts the rows naming them: a purge of
     # identical bytes either finishes first or waits for this commit.
-    placed = place_spools(session, store, spools)  # type: ignore[arg-type]
+    placed = place_spools(session, store, spools)
     try:
         session.execute(insert(Image), rows)  # one multi-row INSERT for the whole request
     except BaseException:
@@ -82,6 +81,15 @@ def record_images(
         .execution_options(synchronize_session=False)
     )
     return ids
+
+
+def _spools(files: list[FileStorage]) -> list[HashingSpool]:
+    spools: list[HashingSpool] = []
+    for upload in files:
+        if not isinstance(upload.stream, HashingSpool):
+            raise TypeError("uploads must be spooled by StreamingRequest")
+        spools.append(upload.stream)
+    return spools
 
 
 def enqueue_grading(state: ApiState, image_ids: list[uuid.UUID]) -> None:

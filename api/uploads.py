@@ -59,6 +59,7 @@ class StreamingRequest(Request):
         if not hasattr(self, "spools"):
             self.spools = []
         self.spools.append(spool)
+        # werkzeug's stub asks for IO[bytes]; the spool is file-like, not an IO subclass.
         return spool  # type: ignore[return-value]
 
     def make_form_data_parser(self) -> FormDataParser:
@@ -182,7 +183,7 @@ def _metadata_row(
     return {filename: ImageMetadata(patient_id, laterality)}
 
 
-def uploaded_images(request: StreamingRequest, max_files: int) -> list[FileStorage]:
+def uploaded_images(request: Request, max_files: int) -> list[FileStorage]:
     """The ``images`` parts of a multipart request, validated for count and presence."""
     if request.mimetype != "multipart/form-data":
         raise ApiError(
@@ -201,7 +202,7 @@ def uploaded_images(request: StreamingRequest, max_files: int) -> list[FileStora
     return files
 
 
-def uploaded_metadata(request: StreamingRequest, max_bytes: int) -> dict[str, ImageMetadata]:
+def uploaded_metadata(request: Request, max_bytes: int) -> dict[str, ImageMetadata]:
     """The optional ``metadata`` CSV part (file or plain field)."""
     part = request.files.get("metadata")
     if part is not None:
@@ -219,7 +220,7 @@ _FILE_PARTS = frozenset({"images", "metadata"})
 _FIELD_PARTS = frozenset({"metadata", "reference", "explain"})
 
 
-def _refuse_unknown_or_repeated_parts(request: StreamingRequest) -> None:
+def _refuse_unknown_or_repeated_parts(request: Request) -> None:
     """422 for parts the API does not know (a misspelt ``image`` would be lost) and for a
     second metadata part (which of the two would apply?)."""
     unknown = sorted((set(request.files) - _FILE_PARTS) | (set(request.form) - _FIELD_PARTS))

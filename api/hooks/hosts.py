@@ -122,11 +122,12 @@ def install_origin(app: Flask, settings: Settings) -> None:
             PREFERRED_URL_SCHEME=origin.scheme,
             APPLICATION_ROOT=origin.root or "/",
         )
+        # Flask's documented way to add WSGI middleware, which mypy sees as replacing a method.
         app.wsgi_app = ServeAsPublicOrigin(app.wsgi_app, origin)  # type: ignore[method-assign]
         app.before_request(refuse_other_hosts(origin))
     if settings.proxy_hops:
         hops = settings.proxy_hops
         # Outermost, so the host checked above is the one the client gave the proxy.
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # as above
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )

@@ -36,7 +36,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from flask import Request, Response, current_app, g, request
+from flask import Request, Response, g, jsonify, request
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -160,7 +160,7 @@ def _answer_from(row: IdempotencyKey, fingerprint: str) -> Response:
         )
     if row.status_code is None:
         raise _in_progress()
-    response = current_app.json.response(row.response_body)
+    response = jsonify(row.response_body)
     response.status_code = row.status_code
     for name, value in (row.response_headers or {}).items():
         response.headers[name] = value

@@ -17,7 +17,8 @@ from gunicorn.http import errors
 # sentences: the client's bytes never travel back to it or into the log.
 _CLIENT_ERRORS: tuple[tuple[tuple[type[BaseException], ...], int, str, str], ...] = (
     (
-        (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName),
+        # New in gunicorn 27; types-gunicorn describes 26.2 and does not list them yet.
+        (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName),  # type: ignore[attr-defined]
         500,
         "internal_error",
         "an unexpected error occurred",

@@ -28,6 +28,7 @@ import socket
 import struct
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from http import HTTPStatus
@@ -35,10 +36,11 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http.message import MAX_REQUEST_LINE, Request
+from gunicorn.http.parser import Parser
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from api.serving.admission import BodySlots, body_request
+from api.serving.admission import BodyRequest, BodySlots, body_request
 from api.serving.errors import classify_error, json_error
 from api.serving.request_bodies import guard_body
 from common.settings import get_settings
@@ -52,6 +54,31 @@ BUSY_RETRY_AFTER_S = 5
 LINGER_S = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
 _READ_SIZE = 64 * 1024
+
+
+@dataclass
+class _ConnState:
+    """What this worker keeps on one of gunicorn's connections, beside gunicorn's own fields."""
+
+    head: bytearray = field(default_factory=bytearray)  # read so far, not yet parsed
+    head_complete: bool = False  # so the next enqueue_req hands the connection to a thread
+    body_slot: BodyRequest | None = None
+    lingered: int = 0  # bytes read and dropped since the connection was refused
+
+
+def _state(conn: TConn) -> _ConnState:
+    """This worker's state for ``conn``, attached on first use: gunicorn makes the TConn."""
+    state = vars(conn).get("head_first")
+    if isinstance(state, _ConnState):
+        return state
+    fresh = _ConnState()
+    vars(conn)["head_first"] = fresh
+    return fresh
+
+
+def _expired(conn: TConn, now: float) -> bool:
+    """Whether a connection this worker set a deadline on is past it."""
+    return conn.timeout is not None and conn.timeout <= now
 
 
 def _recv_now(sock: socket.socket) -> bytes | None:
@@ -122,13 +149,17 @@ class HeadFirstWorker(ThreadWorker):
 
     def enqueue_req(self, conn: TConn) -> None:
         """Give a connection to a thread only with a ready head; otherwise wait for it here."""
-        if getattr(conn, "head_complete", False):
-            conn.head_complete = False
+        state = _state(conn)
+        if state.head_complete:
+            state.head_complete = False
             super().enqueue_req(conn)
             return
         # Bytes the last request's parser read ahead are the start of the next head.
-        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
-        if head_ready(bytes(conn.head), self._line_limit()):
+        parser = conn.parser
+        state.head = bytearray(
+            parser.unreader.take_buffered() if isinstance(parser, Parser) else b""
+        )
+        if head_ready(bytes(state.head), self._line_limit()):
             self._hand_over(conn)
             return
         conn.sock.setblocking(False)
@@ -146,11 +177,12 @@ class HeadFirstWorker(ThreadWorker):
         if not data:
             self._drop_pending(conn)
             return
-        conn.head += data
-        if head_ready(bytes(conn.head), self._line_limit()):
+        state = _state(conn)
+        state.head += data
+        if head_ready(bytes(state.head), self._line_limit()):
             self._unwatch(conn)
             self._hand_over(conn)
-        elif len(conn.head) > self.max_head_bytes:
+        elif len(state.head) > self.max_head_bytes:
             self._drop_pending(
                 conn,
                 json_error(
@@ -165,41 +197,46 @@ class HeadFirstWorker(ThreadWorker):
         data = _recv_now(conn.sock)
         if data is None:
             return
-        conn.lingered += len(data)
-        if not data or conn.lingered > LINGER_MAX_BYTES:
+        state = _state(conn)
+        state.lingered += len(data)
+        if not data or state.lingered > LINGER_MAX_BYTES:
             self._close_lingering(conn)
 
     def murder_pending(self) -> None:
         """Close connections whose head is late (408 when they had begun one) or who lingered."""
         now = time.monotonic()
-        while self.pending_conns and self.pending_conns[0].timeout <= now:
+        while self.pending_conns and _expired(self.pending_conns[0], now):
             conn = self.pending_conns[0]
             late = json_error(
                 408,
                 "request_timeout",
                 f"the request head did not arrive within {self.header_timeout_s:g} s",
             )
-            self._drop_pending(conn, late if conn.head else None)
-        while self.closing_conns and self.closing_conns[0].timeout <= now:
+            self._drop_pending(conn, late if _state(conn).head else None)
+        while self.closing_conns and _expired(self.closing_conns[0], now):
             self._close_lingering(self.closing_conns[0])
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
         """Free the body slot the request held, then keep or close the connection as usual."""
-        held = getattr(conn, "body_slot", None)
+        state = _state(conn)
+        held = state.body_slot
         if held is not None:
-            conn.body_slot = None
+            state.body_slot = None
             self.body_slots.release(held)
         super().finish_request(conn, fs)
 
     def handle(self, conn: TConn) -> Any:
         """On a thread: give the parser the head read so far, then serve as ``gthread`` does."""
-        head = bytes(conn.head)
-        conn.head = bytearray()
+        state = _state(conn)
+        head = bytes(state.head)
+        state.head = bytearray()
         if not conn.initialized:
             conn.sock.setblocking(True)
             _bound_socket_waits(conn.sock, self.body_idle_timeout_s)
             conn.init()
-        conn.parser.unreader.unread(head)
+        parser = conn.parser
+        assert isinstance(parser, Parser)  # HTTP/1.x: check_config refuses TLS and HTTP/2
+        parser.unreader.unread(head)
         return super().handle(conn)
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
@@ -212,7 +249,8 @@ class HeadFirstWorker(ThreadWorker):
         # The answer has gone out: a body that cannot be drained (malformed, stalled) only
         # means the connection closes; it must not become a second, error, response.
         try:
-            return bool(super()._keepalive_after(conn, keepalive))
+            # gunicorn 27's, which types-gunicorn (written for 26.2) does not list yet.
+            return bool(super()._keepalive_after(conn, keepalive))  # type: ignore[misc]
         except Exception:
             return False
 
@@ -245,13 +283,14 @@ class HeadFirstWorker(ThreadWorker):
             self.log.access(resp, req, environ, datetime.now() - request_start)
 
     def _hand_over(self, conn: TConn) -> None:
-        body = body_request(bytes(conn.head))
+        state = _state(conn)
+        body = body_request(bytes(state.head))
         if body is not None:
             if not self.body_slots.acquire(body):
                 self._refuse_busy(conn)
                 return
-            conn.body_slot = body
-        conn.head_complete = True
+            state.body_slot = body
+        state.head_complete = True
         conn.data_ready = True
         self.enqueue_req(conn)
 
@@ -292,7 +331,7 @@ class HeadFirstWorker(ThreadWorker):
                 pass
             else:
                 conn.timeout = time.monotonic() + LINGER_S
-                conn.lingered = 0
+                _state(conn).lingered = 0
                 self.closing_conns.append(conn)
                 self.poller.register(
                     conn.sock,

@@ -30,7 +30,7 @@ from api.representations.json import (
 )
 from api.state import api_state, db_session
 from api.submission import enqueue_grading, record_images
-from api.uploads import StreamingRequest, uploaded_images, uploaded_metadata
+from api.uploads import uploaded_images, uploaded_metadata
 from common.db.tables import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
 from common.lifecycle.progress import settle_batch
 from common.lifecycle.retention import cancel_batch, purge_batch
@@ -103,9 +103,8 @@ def create_batch() -> Response:
     if request.mimetype == "application/json":
         return _create_open_batch()
     state = api_state()
-    req: StreamingRequest = request  # type: ignore[assignment]
-    files = uploaded_images(req, state.settings.max_files_per_request)
-    metadata = uploaded_metadata(req, state.settings.max_metadata_bytes)
+    files = uploaded_images(request, state.settings.max_files_per_request)
+    metadata = uploaded_metadata(request, state.settings.max_metadata_bytes)
     session = db_session()
     now = utcnow()
     batch = Batch(
@@ -158,9 +157,8 @@ def _create_open_batch() -> Response:
 def add_images(batch_id: uuid.UUID) -> Response:
     """Add images to an open batch; they are enqueued at once (202)."""
     state = api_state()
-    req: StreamingRequest = request  # type: ignore[assignment]
-    files = uploaded_images(req, state.settings.max_files_per_request)
-    metadata = uploaded_metadata(req, state.settings.max_metadata_bytes)
+    files = uploaded_images(request, state.settings.max_files_per_request)
+    metadata = uploaded_metadata(request, state.settings.max_metadata_bytes)
     session = db_session()
     batch = _owned_batch(batch_id, for_update=True)
     if batch.state != BatchState.OPEN:

@@ -171,7 +171,8 @@ def _erode(mask: np.ndarray, pixels: float) -> np.ndarray:
         - table[width:, :-width]
         + table[:-width, :-width]
     )
-    return window == width * width
+    eroded: np.ndarray = window == width * width  # numpy types comparisons as Any
+    return eroded
 
 
 def _focus_span(fov: FieldOfView, inside: np.ndarray, radius: float) -> float:
@@ -260,4 +261,5 @@ def _box_mean(plane: np.ndarray, half: int) -> np.ndarray:
         - table[width:, :-width]
         + table[:-width, :-width]
     )
-    return window[: plane.shape[0], : plane.shape[1]] / (width * width)
+    mean: np.ndarray = window[: plane.shape[0], : plane.shape[1]] / (width * width)
+    return mean

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import CompoundSelect, Insert, delete, exists, select, union
+from sqlalchemy import CompoundSelect, delete, exists, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -197,7 +197,7 @@ def sweep_orphans(
     return report
 
 
-def _named(shas: list[str]) -> CompoundSelect:
+def _named(shas: list[str]) -> CompoundSelect[str | None]:
     """Hashes among ``shas`` that an image or a result's heat map still names."""
     return union(
         select(Image.sha256).where(Image.sha256.in_(shas)),
@@ -205,6 +205,6 @@ def _named(shas: list[str]) -> CompoundSelect:
     )
 
 
-def _insert(session: Session) -> Insert:
+def _insert(session: Session) -> postgresql.Insert | sqlite.Insert:
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Blob)
