@@ -1,6 +1,8 @@
 """Shared fixtures: a real PostgreSQL database and a real Redis broker for the whole session.
 
-The run stops at once, with the commands that start them, when either does not answer.
+When no server answers at the configured URLs, the session starts private ones from the
+installed server programs and stops them at the end; only when those programs are missing
+does the run stop at once, with the commands that start the servers.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +24,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
@@ -32,64 +37,135 @@ from common.queue import GRADE_IMAGES_TASK
 from common.settings import BUNDLED_MODEL, Settings
 from common.storage.files import ImageStore
 from lab.synthetic import generate_fundus
+from tests.support import (
+    missing_postgres_programs,
+    postgres_problem,
+    redis_binary,
+    redis_problem,
+    run_private_postgres,
+    run_private_redis,
+    scratch_database,
+)
 
 if TYPE_CHECKING:
     from worker.ml.model import LoadedModel
     from worker.runtime import WorkerRuntime
 
-SERVER_URL = os.environ.get(
-    "RETINAQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("RETINAQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL_VARIABLE = "RETINAQ_TEST_DATABASE_URL"
+REDIS_URL_VARIABLE = "RETINAQ_TEST_REDIS_URL"
+DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 START_HINT = (
     "start them with `docker compose up -d postgres redis`, or on Debian with\n"
     "  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
     "  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no\n"
-    "or point RETINAQ_TEST_DATABASE_URL / RETINAQ_TEST_REDIS_URL at running servers."
+    "or point RETINAQ_TEST_DATABASE_URL / RETINAQ_TEST_REDIS_URL at running servers\n"
+    "(with the postgresql and redis-server packages installed, the tests start their own)."
 )
 
 
-def _check_services() -> None:
+@dataclass(frozen=True)
+class Services:
+    """Where this session's PostgreSQL and Redis are, and what stops any private ones."""
+
+    server_url: str
+    redis_url: str
+    private: ExitStack
+
+
+SERVICES = pytest.StashKey[Services]()
+
+
+def _use(variable: str, url: str, private: ExitStack) -> None:
+    """Point ``variable`` at ``url`` for this run, so tests that start pytest agree with it."""
+    previous = os.environ.get(variable)
+    os.environ[variable] = url
+    if previous is None:
+        private.callback(os.environ.pop, variable, None)
+    else:
+        private.callback(os.environ.__setitem__, variable, previous)
+
+
+def _start_services(report: Callable[[str], None]) -> Services:
+    server_url = os.environ.get(DATABASE_URL_VARIABLE, DEFAULT_SERVER_URL)
+    redis_url = os.environ.get(REDIS_URL_VARIABLE, DEFAULT_REDIS_URL)
+    postgres_down, redis_down = postgres_problem(server_url), redis_problem(redis_url)
     problems = []
-    try:
-        engine = create_engine(SERVER_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:
-        problems.append(f"PostgreSQL at {SERVER_URL} does not answer ({exc.__class__.__name__})")
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except Exception as exc:
-        problems.append(f"Redis at {REDIS_URL} does not answer ({exc.__class__.__name__})")
+    if postgres_down and (missing := missing_postgres_programs()):
+        problems.append(
+            f"PostgreSQL at {server_url} does not answer ({postgres_down}),"
+            f" and a private one cannot be started: {', '.join(missing)} not found"
+        )
+    if redis_down and redis_binary() is None:
+        problems.append(
+            f"Redis at {redis_url} does not answer ({redis_down}),"
+            " and a private one cannot be started: redis-server not found"
+        )
     if problems:
         pytest.exit("\n".join(problems) + "\nThe tests need both; " + START_HINT, returncode=3)
+    private = ExitStack()
+    try:
+        if postgres_down:
+            postgres = private.enter_context(run_private_postgres())
+            report(
+                f"PostgreSQL at {server_url} does not answer ({postgres_down}): this run uses"
+                f" a private one at {postgres.url} (in {postgres.root})"
+            )
+            server_url = postgres.url
+            _use(DATABASE_URL_VARIABLE, server_url, private)
+        if redis_down:
+            broker = private.enter_context(run_private_redis())
+            report(
+                f"Redis at {redis_url} does not answer ({redis_down}): this run uses"
+                f" a private one at {broker.url}"
+            )
+            redis_url = broker.url
+            _use(REDIS_URL_VARIABLE, redis_url, private)
+    except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+        private.close()
+        output = getattr(exc, "stderr", None) or b""
+        pytest.exit(
+            f"could not start a private server for the tests: {exc}\n"
+            + output.decode(errors="replace")
+            + START_HINT,
+            returncode=3,
+        )
+    except BaseException:
+        private.close()
+        raise
+    return Services(server_url, redis_url, private)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail fast, with one clear message, when PostgreSQL or Redis is not there."""
-    _check_services()
+    """Find PostgreSQL and Redis, or start private ones, or stop with one clear message."""
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def report(line: str) -> None:
+        if terminal is not None:
+            terminal.write_line(line)
+
+    session.config.stash[SERVICES] = _start_services(report)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the private servers this session started, if any."""
+    services = session.config.stash.get(SERVICES, None)
+    if services is not None:
+        services.private.close()
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> str:
+def postgres_server_url(pytestconfig: pytest.Config) -> str:
     """The PostgreSQL server on which tests create their databases."""
-    return SERVER_URL
+    return pytestconfig.stash[SERVICES].server_url
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated with Alembic."""
-    name = f"retinaq_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade_to_head(url, quiet=True)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(postgres_server_url, "retinaq_test") as url:
+        upgrade_to_head(url, quiet=True)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +183,9 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(pytestconfig: pytest.Config) -> str:
     """The Redis the tests use as the Celery broker."""
-    return REDIS_URL
+    return pytestconfig.stash[SERVICES].redis_url
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +197,7 @@ def queue_name() -> str:
 @pytest.fixture
 def settings(
     database_url: str,
+    redis_url: str,
     queue_name: str,
     bundled_model_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -130,7 +207,7 @@ def settings(
     return Settings(
         var_dir=var,
         database_url=database_url,
-        broker_url=REDIS_URL,
+        broker_url=redis_url,
         storage_dir=var / "images",
         queue_name=queue_name,
         heatmap_queue_name=f"{queue_name}.explain",
@@ -143,9 +220,9 @@ def settings(
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on the test broker."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
 
@@ -175,7 +252,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         with engine.begin() as connection:
             connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     if "queue_name" in request.fixturenames:
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         name = request.getfixturevalue("queue_name")
         client.delete(name, f"{name}.explain")
         client.close()

@@ -10,25 +10,20 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, inspect, text
 
 from api import create_app
 from common.db.schema import SchemaNotAtHead, alembic_config, assert_schema_at_head, upgrade_to_head
 from common.db.tables import Base
 from common.settings import Settings
+from tests.support import scratch_database
 
 
 @pytest.fixture
 def empty_database(postgres_server_url: str) -> Iterator[str]:
     """A brand-new empty PostgreSQL database."""
-    name = f"retinaq_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(postgres_server_url, "retinaq_mig") as url:
+        yield url
 
 
 def test_exactly_one_head() -> None:

@@ -6,44 +6,29 @@ everything is torn down even when a test fails.
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
-from sqlalchemy import create_engine, text
 
 from common.db.schema import upgrade_to_head
-from common.settings import PROJECT_ROOT
+from tests.support import (
+    REPO_ROOT,
+    PrivatePostgres,
+    PrivateRedis,
+    free_port,
+    run_private_postgres,
+    run_private_redis,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    """An unused loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until true, failing with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -52,141 +37,19 @@ def wait() -> Callable[[Callable[[], bool], float, str], None]:
     return wait_for
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        pytest.fail(f"{name} is not installed; the fault tests need the PostgreSQL server binaries")
-    return found[-1]
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root; drop to the postgres user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-@dataclass
-class PrivatePostgres:
-    """A throwaway PostgreSQL cluster on a free port."""
-
-    data_dir: Path
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/retinaq"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run(
-            _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.data_dir), *args]),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._ctl("-m", mode, "-w", "stop")
-
-
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
-    """A fresh cluster with a migrated ``retinaq`` database."""
-    root = Path(tempfile.mkdtemp(prefix="retinaq-pg-", dir="/tmp"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    subprocess.run(
-        _as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    server = PrivatePostgres(data, free_port(), root / "postgres.log")
-    if os.geteuid() == 0:
-        server.log.touch()
-        shutil.chown(server.log, "postgres")
-    server.start()
-    try:
-        admin = create_engine(
-            f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres",
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as connection:
-            connection.execute(text("CREATE DATABASE retinaq"))
-        admin.dispose()
+    """A fresh cluster of this test's own with a migrated ``retinaq`` database."""
+    with run_private_postgres("retinaq") as server:
         upgrade_to_head(server.url, quiet=True)
         yield server
-    finally:
-        try:
-            server.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@dataclass
-class PrivateRedis:
-    """A throwaway Redis on a free port that keeps nothing on disk."""
-
-    port: int
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _pings(client), 20, "Redis to start")
-        client.close()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     """A Redis of this test's own."""
-    server = PrivateRedis(free_port())
-    server.start()
-    try:
+    with run_private_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -204,7 +67,7 @@ class Stack:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *argv],
             env=self.env,
-            cwd=PROJECT_ROOT,
+            cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 reaches pool children

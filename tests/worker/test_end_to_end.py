@@ -15,17 +15,9 @@ import httpx
 import pytest
 
 from common.modelling.manifest import read_manifest
-from common.settings import PROJECT_ROOT
+from tests.support import REPO_ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def live_stack(
         "RETINAQ_SECRET_KEY": "end-to-end-secret-key-for-cursors",
         "PYTHONUNBUFFERED": "1",
     }
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     logs = {name: (var / f"{name}.log").open("wb") for name in ("api", "worker")}
     argv = {
@@ -63,22 +55,21 @@ def live_stack(
     }
     processes = {
         name: subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=logs[name], stderr=subprocess.STDOUT
+            command, env=env, cwd=REPO_ROOT, stdout=logs[name], stderr=subprocess.STDOUT
         )
         for name, command in argv.items()
     }
+
+    def ready() -> bool:
+        for name, process in processes.items():
+            assert process.poll() is None, (var / f"{name}.log").read_text()
+        try:
+            return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            for name, process in processes.items():
-                assert process.poll() is None, (var / f"{name}.log").read_text()
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "API did not become ready"
-            time.sleep(0.3)
+        wait_for(ready, 60, "the API to become ready", interval=0.3)
         yield base_url
     finally:
         for process in processes.values():
@@ -148,14 +139,14 @@ def test_a_batch_that_asks_for_explanations_gets_heat_maps_from_the_worker(
         assert response.status_code == 202, response.text
         status = _wait_finished(http, response.headers["Location"])
         assert status["explain"] is True and status["model"]["name"]
-        deadline = time.monotonic() + 120
-        while True:
-            rows = http.get(status["links"]["results"]).json()["items"]
-            if all(r["links"]["heatmap"] for r in rows):
-                break
-            assert time.monotonic() < deadline, "heat maps were not made"
-            time.sleep(0.5)
-        for row in rows:
+
+        def results() -> list[dict]:
+            return http.get(status["links"]["results"]).json()["items"]
+
+        wait_for(
+            lambda: all(r["links"]["heatmap"] for r in results()), 120, "heat maps", interval=0.5
+        )
+        for row in results():
             heatmap = http.get(row["links"]["heatmap"])
             assert heatmap.status_code == 200
             assert heatmap.headers["content-type"] == "image/png"
@@ -169,7 +160,7 @@ def test_cli_submit_waits_and_writes_the_csv(
 ) -> None:
     key = make_programme("CLI").get("Authorization", "").removeprefix("Bearer ")
     out = tmp_path / "results.csv"
-    samples = PROJECT_ROOT / "samples"
+    samples = REPO_ROOT / "samples"
     completed = subprocess.run(
         [
             sys.executable,
@@ -186,7 +177,7 @@ def test_cli_submit_waits_and_writes_the_csv(
             str(out),
         ],
         env={**os.environ, "RETINAQ_API_URL": live_stack, "RETINAQ_API_KEY": key},
-        cwd=PROJECT_ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=240,

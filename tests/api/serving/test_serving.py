@@ -30,7 +30,7 @@ from gunicorn.http import errors
 
 from api.serving.errors import classify_error
 from api.serving.head_first import HEADER_TIMEOUT_S, head_ready
-from common.settings import PROJECT_ROOT
+from tests.support import REPO_ROOT, free_port, wait_for
 
 SLOW_CLIENTS = 50
 SLOW_LINE_EVERY_S = 2.0
@@ -51,38 +51,31 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _serving(argv: list[str], env: dict[str, str], var: Path) -> Iterator[Served]:
     """Start a server on a free port (``{port}`` in ``argv``); stop it, whatever happens."""
-    port = _free_port()
+    port = free_port()
     log = var / "api.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [part.format(port=port) for part in argv],
             env=env,
-            cwd=PROJECT_ROOT,
+            cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     running = Served(f"http://127.0.0.1:{port}", port, log)
+
+    def healthy() -> bool:
+        assert process.poll() is None, running.log_text()
+        try:
+            return httpx.get(f"{running.url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, running.log_text()
-            try:
-                if httpx.get(f"{running.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start:\n" + running.log_text()
-            time.sleep(0.3)
+        wait_for(healthy, 60, "the API to start", interval=0.3)
         yield running
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -231,9 +224,7 @@ def test_access_log_never_carries_the_query_string(served: Served) -> None:
     def logged() -> list[str]:
         return [line for line in served.log_text().splitlines() if request_id in line]
 
-    deadline = time.monotonic() + 10
-    while not logged() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: bool(logged()), 10, "the access line", interval=0.1)
     [line] = logged()
     assert '"GET /healthz HTTP/1.1" 200' in line
     assert "SECRET" not in served.log_text()
@@ -291,9 +282,7 @@ def test_access_log_gives_a_request_one_line_of_printable_characters(served: Ser
         + f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n".encode(),
     )
     assert answer.startswith(b"HTTP/1.1 4"), answer[:100]
-    deadline = time.monotonic() + 10
-    while request_id not in served.log_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: request_id in served.log_text(), 10, "the access line", interval=0.1)
     after = served.log_text().splitlines()
     new = [line for line in after[len(before) :] if "Invalid request" not in line]
     assert len(new) == 1, new

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,9 @@ from common.imaging.field_of_view import CIRCLE, RECTANGLE, edge_bars, find_fiel
 from common.imaging.gradability import assess_quality
 from common.screening.quality import BLURRED, UNDEREXPOSED
 from lab.synthetic import generate_fundus
+from tests.support import DATA_DIR
 
-REAL = Path(__file__).resolve().parents[2] / "data" / "real"
+REAL = DATA_DIR / "real"
 CHASE = sorted(REAL.glob("CHASEDB1_*.png"))
 
 

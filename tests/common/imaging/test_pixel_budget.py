@@ -6,7 +6,6 @@ import io
 import random
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,19 +14,13 @@ from PIL import Image
 from common.imaging.decode import ImageDecodeError, decode_image
 from common.imaging.pixel_budget import PixelBudget, budget_pixels
 from common.settings import Settings
+from tests.support import wait_for
 
 
 def _png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (120, 60, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_many_threads_never_hold_more_than_the_budget() -> None:
@@ -83,11 +76,11 @@ def test_a_large_share_waits_then_runs_and_later_small_ones_queue_behind_it() ->
     assert first_small.wait(5)
     threads.append(threading.Thread(target=large))
     threads[1].start()
-    _wait_until(lambda: budget.waits == 1)
+    wait_for(lambda: budget.waits == 1, 5, "the large share to wait", interval=0.005)
     # 30 + 10 would fit, but the large share came first: first come, first served.
     threads.append(threading.Thread(target=late_small))
     threads[2].start()
-    _wait_until(lambda: budget.waits == 2)
+    wait_for(lambda: budget.waits == 2, 5, "the late share to wait", interval=0.005)
     assert order == ["small-1"]
     release_first.set()
     for thread in threads:

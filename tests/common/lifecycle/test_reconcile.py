@@ -16,6 +16,7 @@ from common.db.tables import Batch, BatchState, IdempotencyKey, Image, ImageStat
 from common.lifecycle.reconcile import reconcile_once
 from common.queue import make_celery
 from common.settings import Settings
+from tests.support import free_port
 from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
@@ -97,12 +98,7 @@ def test_an_image_committed_but_never_enqueued_is_found(
     queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     """The broker is down when the API commits: 202 all the same, and the reconciler sends it."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
-    app = make_app(broker_url=f"redis://127.0.0.1:{dead_port}/0")
+    app = make_app(broker_url=f"redis://127.0.0.1:{free_port()}/0")
     response = app.test_client().post(
         "/v1/batches",
         headers=auth,

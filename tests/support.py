@@ -1,0 +1,289 @@
+"""Helpers any test may import: free ports, waiting with a deadline, scratch databases,
+private PostgreSQL and Redis servers, and where the checkout and the test data are.
+
+``from tests.support import free_port`` works from every test: pytest's importlib mode
+makes ``tests`` a namespace package rooted here. Fixtures stay in the conftest files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from sqlalchemy import create_engine, make_url, text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "tests" / "data"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS just handed it out and took it back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
+    """Poll ``condition`` until true, failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_port(port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
+    """Wait until something listens on ``host:port``."""
+    wait_for(lambda: port_open(port, host), timeout, what)
+
+
+def postgres_problem(url: str) -> str | None:
+    """Why the PostgreSQL server at ``url`` does not accept a query, or None when it does."""
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:
+        return exc.__class__.__name__
+    finally:
+        engine.dispose()
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the Redis server at ``url`` does not answer PING, or None when it does."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as exc:
+        return exc.__class__.__name__
+    finally:
+        client.close()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server and return its URL."""
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database ``name``, ending any connection still open on it."""
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "retinaq_test") -> Iterator[str]:
+    """An empty database with a unique name, dropped afterwards whatever happens."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    """Sort /usr/lib/postgresql/<version>/bin paths by version, so 15 comes after 9.6."""
+    return tuple(int(part) for part in re.findall(r"\d+", path))
+
+
+def postgres_binary(name: str) -> str | None:
+    """The newest installed PostgreSQL server program ``name`` (Debian's layout, then PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version_key)
+    return found[-1] if found else shutil.which(name)
+
+
+def redis_binary() -> str | None:
+    """The installed ``redis-server``, if any."""
+    return shutil.which("redis-server")
+
+
+def missing_postgres_programs() -> list[str]:
+    """What is lacking to start a private PostgreSQL here (empty when nothing is)."""
+    missing = [name for name in ("initdb", "pg_ctl") if postgres_binary(name) is None]
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        missing.append("runuser")
+    return missing
+
+
+def _server_user() -> str:
+    """PostgreSQL refuses to run as root; as root it runs as ``postgres`` (or ``nobody``)."""
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name).pw_name
+        except KeyError:
+            continue
+    raise RuntimeError("running as root, and neither a postgres nor a nobody user exists")
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", _server_user(), "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _program(name: str) -> str:
+    path = postgres_binary(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed (PostgreSQL server binaries)")
+    return path
+
+
+@dataclass
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on a free port, trusting local connections."""
+
+    root: Path
+    port: int
+    database: str = "postgres"
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's files."""
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        """The server's log, kept until the cluster is deleted."""
+        return self.root / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        """The URL of ``database`` on this server."""
+        return self.database_url(self.database)
+
+    def database_url(self, database: str) -> str:
+        """The URL of any database on this server."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            _as_server_user([_program("pg_ctl"), "-D", str(self.data_dir), *args]),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """Start (or restart, after ``stop``) the server and wait until it accepts connections."""
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; ``immediate`` is a crash as far as its clients can tell."""
+        self._ctl("-m", mode, "-w", "stop")
+
+
+@contextmanager
+def run_private_postgres(database: str = "postgres") -> Iterator[PrivatePostgres]:
+    """A fresh running cluster (with ``database`` created); stopped and deleted afterwards."""
+    # Under /tmp, not pytest's tmp_path: the server user must reach it, and as root
+    # pytest's directories are private to root.
+    root = Path(tempfile.mkdtemp(prefix="retinaq-pg-", dir="/tmp"))
+    server = PrivatePostgres(root, free_port(), database)
+    try:
+        root.chmod(0o755)
+        server.data_dir.mkdir()
+        server.log.touch()
+        if os.geteuid() == 0:
+            for path in (root, server.data_dir, server.log):
+                shutil.chown(path, _server_user())
+        subprocess.run(
+            _as_server_user(
+                [
+                    _program("initdb"),
+                    *("-D", str(server.data_dir), "-U", "postgres", "--auth=trust"),
+                    *("--encoding=UTF8", "--no-locale", "--no-sync"),
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        server.start()
+        if database != "postgres":
+            create_database(server.database_url("postgres"), database)
+        yield server
+    finally:
+        if (server.data_dir / "postmaster.pid").exists():
+            try:
+                server.stop("immediate")
+            except subprocess.CalledProcessError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PrivateRedis:
+    """A throwaway Redis on a free port that keeps nothing on disk."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL of database 0 on this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart, empty, on the same port) and wait until it answers."""
+        program = redis_binary()
+        if program is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [program, "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: redis_problem(self.url) is None, 20, f"Redis to start on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server; whatever it held is gone."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+@contextmanager
+def run_private_redis() -> Iterator[PrivateRedis]:
+    """A running Redis of our own, stopped afterwards."""
+    server = PrivateRedis(free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
