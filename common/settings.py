@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
     db_retry_s: float = Field(default=120.0, ge=0, description="Worker rides out DB outages.")
+    task_reports_path: Path | None = Field(
+        default=None,
+        description="A file to which each grading task appends one JSON line (its counts "
+        "and stage timings), for measurement such as retinaq bench; unset, none is written.",
+    )
 
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     default_max_pending_images: int = Field(default=2_000_000, ge=1)

@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery.exceptions import Reject
 
 from common.queue import GRADE_IMAGES_TASK, HEATMAP_TASK
 from worker.celery_app import app
 from worker.db_retry import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from worker.grading.pipeline import GradingReport
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +34,8 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
     from worker.runtime import get_runtime
 
     try:
-        report = grade_images(get_runtime(), [uuid.UUID(i) for i in image_ids])
+        runtime = get_runtime()
+        report = grade_images(runtime, [uuid.UUID(i) for i in image_ids])
     except DatabaseUnavailable as error:
         log.error("database unavailable; returning %d image id(s) to the queue", len(image_ids))
         raise Reject(str(error), requeue=True) from error
@@ -40,12 +49,29 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
         report.inferred,
         {k: round(v, 1) for k, v in report.timings_ms.items()},
     )
+    reports = runtime.settings.task_reports_path
+    if reports is not None:
+        try:
+            append_task_report(reports, report)
+        except OSError:
+            log.exception("could not append this task's report to %s", reports)
     return {
         "graded": report.graded,
         "ungradable": report.ungradable,
         "failed": report.failed,
         "skipped": report.skipped,
     }
+
+
+def append_task_report(path: Path, report: GradingReport) -> None:
+    """Append the report as one JSON line: figures for measurement travel as data, not logs.
+
+    One ``write`` of the whole line to a file opened for appending, unbuffered, so worker
+    processes sharing the file never interleave their lines.
+    """
+    record = {**dataclasses.asdict(report), "finished_at": datetime.now(UTC).isoformat()}
+    with path.open("ab", buffering=0) as file:
+        file.write(json.dumps(record).encode() + b"\n")
 
 
 @app.task(name=HEATMAP_TASK, ignore_result=True)
