@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,8 +15,7 @@ from cli.main import cli
 from common.access.apikeys import programme_for_key
 from common.db.tables import ApiKey
 from common.settings import Settings
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT
 
 SUBCOMMANDS = (
     "demo",
@@ -42,7 +40,7 @@ def test_help_lists_every_subcommand_with_a_description() -> None:
         [sys.executable, "-m", "cli", "--help"],
         capture_output=True,
         text=True,
-        cwd=PROJECT_ROOT,
+        cwd=REPO_ROOT,
         timeout=60,
     )
     assert completed.returncode == 0
@@ -61,7 +59,7 @@ def test_help_lists_every_subcommand_with_a_description() -> None:
 def test_help_does_not_import_tensorflow() -> None:
     code = "import sys; import cli.main; print('tensorflow' in sys.modules)"
     completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
     )
     assert completed.stdout.strip() == "False"
 
@@ -112,7 +110,7 @@ def test_servers_refuse_an_unmigrated_database_with_the_fix(tmp_path) -> None:
             env=env,
             capture_output=True,
             text=True,
-            cwd=PROJECT_ROOT,
+            cwd=REPO_ROOT,
             timeout=60,
         )
         assert completed.returncode == 1
@@ -127,7 +125,7 @@ def test_db_upgrade_then_status_check(tmp_path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        cwd=PROJECT_ROOT,
+        cwd=REPO_ROOT,
         timeout=60,
     )
     assert completed.returncode == 0, completed.stderr

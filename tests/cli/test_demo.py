@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_demo_grades_every_sample_and_shuts_down(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--var-dir", str(var)],
         env={**env, "COLUMNS": "160"},
-        cwd=PROJECT_ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,7 +32,7 @@ def test_demo_grades_every_sample_and_shuts_down(tmp_path: Path) -> None:
     assert f"results CSV: {var / 'results.csv'}" in out.replace("\n", "")
     assert "API server stopped" in out and "worker stopped" in out
 
-    samples = sorted(p.name for p in (PROJECT_ROOT / "samples").glob("*.jpg"))
+    samples = sorted(p.name for p in (REPO_ROOT / "samples").glob("*.jpg"))
     with (var / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["filename"] for r in rows) == samples
@@ -41,4 +41,4 @@ def test_demo_grades_every_sample_and_shuts_down(tmp_path: Path) -> None:
     assert "Traceback" not in (var / "worker.log").read_text()
     assert (var / "retinaq.sqlite3").is_file()
     assert (var / "broker" / "control").is_dir()
-    assert not (PROJECT_ROOT / "control").exists(), "the broker wrote outside its folder"
+    assert not (REPO_ROOT / "control").exists(), "the broker wrote outside its folder"

@@ -26,10 +26,9 @@ from werkzeug.serving import make_server
 
 from cli.main import cli
 from common.db.tables import Batch, Image, ImageState
+from tests.support import REPO_ROOT
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +137,7 @@ def test_results_csvs_from_submit_and_results_cannot_run_as_formulas(
     argv += ["--api-url", live_api, "--api-key", _key(auth)]
     with log.open("w") as errors, printed.open("w") as output:
         process = subprocess.Popen(
-            argv, cwd=PROJECT_ROOT, env=dict(os.environ), stdout=output, stderr=errors
+            argv, cwd=REPO_ROOT, env=dict(os.environ), stdout=output, stderr=errors
         )
         deadline = time.monotonic() + 150
         # This test is the worker: it grades what the CLI uploads while the CLI waits.

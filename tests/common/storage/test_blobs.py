@@ -28,11 +28,10 @@ from common.lifecycle.retention import purge_batch
 from common.settings import Settings, get_settings
 from common.storage.blobs import lock_blobs, sweep_orphans
 from common.storage.files import ImageStore
+from tests.support import REPO_ROOT
 from worker.grading import heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 HOUR = 3600.0
 
@@ -192,7 +191,7 @@ def test_the_reconciler_sweeps_on_its_first_pass(
     result = subprocess.run(
         [sys.executable, "-m", "cli", "reconcile", "--once"],
         env={**os.environ, **operator_env},
-        cwd=PROJECT_ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
