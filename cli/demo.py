@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 import httpx
@@ -25,6 +20,7 @@ from rich.console import Console
 
 from cli.client import ApiClient, find_images, metadata_rows, write_results_csv
 from cli.extras import require_extra
+from cli.processes import child_process, free_port
 from cli.submitting import results_table, upload_with_progress, wait_with_progress
 from common.access.apikeys import create_programme
 from common.db.engine import engine_from_settings, make_sessionmaker
@@ -37,13 +33,6 @@ _PROFILE_VARIABLES = ("RETINAQ_DATABASE_URL", "RETINAQ_BROKER_URL", "RETINAQ_STO
 console = Console()
 
 
-def free_port() -> int:
-    """An unused TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def embedded_environment(var_dir: Path) -> dict[str, str]:
     """The children's environment: this one, forced onto the embedded profile in ``var_dir``."""
     env = {k: v for k, v in os.environ.items() if k not in _PROFILE_VARIABLES}
@@ -53,25 +42,6 @@ def embedded_environment(var_dir: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-@contextmanager
-def child_process(name: str, argv: list[str], env: dict[str, str], log: Path) -> Iterator[Any]:
-    """Run a server as a child, stopping it gracefully (SIGTERM, then SIGKILL) on exit."""
-    handle: IO[bytes] = log.open("wb")
-    process = subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        handle.close()
-        console.print(f"[dim]{name} stopped (log: {log})[/dim]")
 
 
 def wait_until_ready(base_url: str, processes: list[Any], timeout: float = 90.0) -> None:

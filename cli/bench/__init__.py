@@ -1,0 +1,99 @@
+"""``retinaq bench``: where the time goes, as ratios measured in one run on one machine.
+
+Runs on the production profile (PostgreSQL and Redis) in a scratch database and queue:
+
+1. ``offline``    a tight loop over the stored files: read, the worker's decode + quality
+                  check + preprocess, model (:mod:`cli.bench.offline`).
+2. ``ingest``     images/s accepted by the API (64 per request, 2 uploaders, gunicorn
+                  with 2 workers) and the API's peak RSS.
+3. ``pipeline``   those images, drained by a worker started afterwards: first claim to
+                  last result in PostgreSQL; the headline figure is pipeline / offline.
+                  The worker's stages are summed from its task reports, not its log.
+4. ``naive``      one task per image at batch 1, for contrast.
+5. ``end_to_end`` first upload byte to last result with the API and the worker running.
+6. ``poll``       p50/p99 of ``GET /v1/batches/<id>`` on a batch of ``--poll-rows`` images
+                  under 20 concurrent pollers (:mod:`cli.bench.poll`).
+The worker's peak RSS is read after 1,000 results and at the end of each drain. Inputs
+are in :mod:`cli.bench.data`, the servers in :mod:`cli.bench.servers`, the served stages
+in :mod:`cli.bench.pipeline`, and the figures as dataclasses in :mod:`cli.bench.report`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+from rich.console import Console
+from sqlalchemy import make_url
+
+from cli.bench.data import make_inputs, scratch_database
+from cli.bench.offline import measure_offline
+from cli.bench.pipeline import measure_naive, measure_served
+from cli.bench.report import make_report, report_table, write_report
+from cli.bench.servers import open_servers
+from cli.extras import require_extra
+
+console = Console()
+
+
+@click.command("bench")
+@click.option("--n", "count", default=2000, show_default=True, help="Images per measurement.")
+@click.option("--arch", default="small", show_default=True, help="small or a Keras backbone.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--naive-n", default=300, show_default=True, help="Images for the batch-1 run.")
+@click.option("--poll-rows", default=100_000, show_default=True)
+@click.option("--poll-seconds", default=10.0, show_default=True)
+@click.option(
+    "--server-url",
+    envvar="RETINAQ_BENCH_DATABASE_URL",
+    default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    show_default=True,
+    help="PostgreSQL server on which a scratch database is created.",
+)
+@click.option(
+    "--broker-url",
+    envvar="RETINAQ_BENCH_BROKER_URL",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/bench.json"))
+def bench(
+    count: int,
+    arch: str,
+    batch_size: int,
+    naive_n: int,
+    poll_rows: int,
+    poll_seconds: float,
+    server_url: str,
+    broker_url: str,
+    out: Path,
+) -> None:
+    """Measure offline, pipeline, naive, end-to-end, ingest and poll figures in one run."""
+    require_extra("worker")
+    from worker.ml.model import configure_devices
+
+    devices = configure_devices()
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="retinaq-bench-") as tmp:
+        work = Path(tmp)
+        database_url = stack.enter_context(scratch_database(server_url))
+        inputs = make_inputs(arch, count, naive_n, work)
+        servers = open_servers(
+            stack,
+            database_url,
+            broker_url,
+            work,
+            inputs.model_path,
+            batch_size=batch_size,
+            quota=10 * (count + poll_rows),
+        )
+        console.print("offline: tight loop …")
+        offline = measure_offline(inputs.model_path, inputs.main, batch_size)
+        served = measure_served(servers, inputs.main, inputs.end_to_end, poll_rows, poll_seconds)
+        naive = measure_naive(servers, inputs.naive)
+    name = str(make_url(database_url).database)
+    report = make_report(arch, batch_size, devices, name, offline, served, naive)
+    write_report(report, out)
+    console.print(report_table(report))
+    console.print(f"written to {out}")
