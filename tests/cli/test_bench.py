@@ -27,10 +27,10 @@ from cli.bench.report import (
     make_report,
     write_report,
 )
+from tests.support import REPO_ROOT
 from worker.grading.pipeline import GradingReport
 from worker.tasks import append_task_report
 
-ROOT = Path(__file__).resolve().parents[2]
 THROUGHPUT = {"images", "seconds", "images_per_s"}
 DRAIN = THROUGHPUT | {"worker_peak_rss_mib_at_1000", "worker_peak_rss_mib_at_end"}
 
@@ -161,7 +161,7 @@ def test_bench_measures_every_figure_and_cleans_up(
             "RETINAQ_BENCH_BROKER_URL": redis_url,
             "COLUMNS": "200",
         },
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
