@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=64)
     xla: bool = Field(default=False, description="Compile inference with XLA.")
     mixed_precision: bool = Field(default=False, description="float16 compute on GPUs.")
+    expect_gpu: bool = Field(
+        default=False,
+        description="A worker that finds no GPU says so at WARNING, not INFO (true in the "
+        "worker image).",
+    )
     lease_s: int = Field(
         default=900, ge=1, description="A processing claim's lifetime; longer than any task."
     )

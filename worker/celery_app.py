@@ -17,11 +17,14 @@ from celery.signals import worker_process_init, worker_ready
 
 from common.queue import make_celery
 from common.settings import get_settings
+from worker.heartbeat import HEARTBEAT_OPTION, HeartbeatStep
 
 log = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), name="retinaq-worker")
 app.conf.imports = ("worker.tasks",)
+app.user_options["worker"].add(HEARTBEAT_OPTION)
+app.steps["worker"].add(HeartbeatStep)
 
 
 def _load_runtime_or_stop() -> None:

@@ -128,7 +128,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     from worker.ml.model import configure_devices, load_model  # TensorFlow: after any fork
 
     configure_decoding(settings)
-    devices = configure_devices()
+    devices = configure_devices(expect_gpu=settings.expect_gpu)
     log.info("devices: %s", ", ".join(devices))
     model = load_model(
         settings.model_file,

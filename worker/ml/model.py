@@ -8,6 +8,7 @@ is traced once at warm-up and never again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,29 @@ from common.modelling.manifest import ModelManifest, load_verified_manifest
 log = logging.getLogger(__name__)
 
 
-def configure_devices() -> list[str]:
-    """Enable GPU memory growth (so one process per GPU does not grab it all); list devices."""
+def configure_devices(expect_gpu: bool = False) -> list[str]:
+    """Enable GPU memory growth (so one process per GPU does not grab it all); list devices.
+
+    No GPU is a WARNING when one was expected, by ``expect_gpu`` or by a
+    ``CUDA_VISIBLE_DEVICES`` that names devices (``""`` and ``-1`` hide them on purpose):
+    a GPU worker silently grading on the CPU is a broken deployment, not a choice.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if not gpus:
-        log.info("no GPU visible: grading runs on the CPU")
+        # CUDA's own variable, read where the devices are, beside TensorFlow reading it.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if expect_gpu or visible not in (None, "", "-1"):
+            log.warning(
+                "expected a GPU (RETINAQ_EXPECT_GPU=%s, CUDA_VISIBLE_DEVICES=%s) but TensorFlow "
+                "sees none, so grading runs on the CPU; this TensorFlow %s built with CUDA",
+                "true" if expect_gpu else "false",
+                "unset" if visible is None else repr(visible),
+                "is" if tf.test.is_built_with_cuda() else "is NOT",
+            )
+        else:
+            log.info("no GPU visible: grading runs on the CPU")
     return [device.name for device in tf.config.list_physical_devices()]
 
 
