@@ -18,20 +18,20 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from common.access.apikeys import create_programme
 from common.db.engine import make_engine, make_sessionmaker
 from common.db.schema import upgrade_to_head
-from common.db.tables import Base
+from common.db.tables import Base, Image
 from common.modelling.manifest import MANIFEST_NAME
 from common.queue import GRADE_IMAGES_TASK
 from common.settings import BUNDLED_MODEL, Settings
@@ -355,3 +355,26 @@ def runtime(
     from worker.runtime import WorkerRuntime
 
     return WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)
+
+
+Submitted = tuple[dict[str, Any], list[uuid.UUID]]
+
+
+@pytest.fixture
+def submit(
+    client: FlaskClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> Callable[..., Submitted]:
+    """Submit images over HTTP (as ``auth`` unless told otherwise); the batch and its image ids."""
+
+    def do(files: list[tuple[bytes, str]], headers: dict[str, str] | None = None) -> Submitted:
+        parts = [(io.BytesIO(data), name) for data, name in files]
+        response = client.post("/v1/batches", headers=headers or auth, data={"images": parts})
+        assert response.status_code == 202, response.get_json()
+        body = response.get_json()
+        with sessions() as session:
+            ids = session.scalars(
+                select(Image.id).where(Image.batch_id == uuid.UUID(body["id"])).order_by(Image.id)
+            ).all()
+        return body, list(ids)
+
+    return do

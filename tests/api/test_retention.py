@@ -29,26 +29,6 @@ from worker.runtime import WorkerRuntime
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]
 
 
-@pytest.fixture
-def submit(
-    client: FlaskClient, auth: dict[str, str], sessions: sessionmaker[Session]
-) -> Callable[..., Submitted]:
-    """Submit images over HTTP (as ``auth`` unless told otherwise); the batch and its image ids."""
-
-    def do(files: list[tuple[bytes, str]], headers: dict[str, str] | None = None) -> Submitted:
-        parts = [(io.BytesIO(data), name) for data, name in files]
-        response = client.post("/v1/batches", headers=headers or auth, data={"images": parts})
-        assert response.status_code == 202, response.get_json()
-        body = response.get_json()
-        with sessions() as session:
-            ids = session.scalars(
-                select(Image.id).where(Image.batch_id == uuid.UUID(body["id"])).order_by(Image.id)
-            ).all()
-        return body, list(ids)
-
-    return do
-
-
 def _file_of(sessions: sessionmaker[Session], store: Path, image_id: uuid.UUID) -> Path:
     with sessions() as session:
         return store / session.get_one(Image, image_id).storage_path

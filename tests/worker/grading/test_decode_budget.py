@@ -27,7 +27,7 @@ Outcome = tuple[str, str | None]  # state, and the error code of a failed image
 
 
 @pytest.fixture
-def submit(
+def submit_named(
     client: FlaskClient, auth: dict[str, str], sessions: sessionmaker[Session]
 ) -> Callable[[dict[str, bytes]], dict[str, uuid.UUID]]:
     """Upload files over HTTP; their image ids by filename."""
@@ -78,7 +78,7 @@ def _large_fundus(width: int, height: int, seed: int) -> bytes:
 
 def test_the_default_limit_refuses_a_110_megapixel_bomb_and_grades_a_camera_photograph(
     runtime: WorkerRuntime,
-    submit: Callable[[dict[str, bytes]], dict[str, uuid.UUID]],
+    submit_named: Callable[[dict[str, bytes]], dict[str, uuid.UUID]],
     sessions: sessionmaker[Session],
     fundus_jpeg: Callable[..., bytes],
 ) -> None:
@@ -89,7 +89,7 @@ def test_the_default_limit_refuses_a_110_megapixel_bomb_and_grades_a_camera_phot
         "small.jpg": fundus_jpeg(grade=1, seed=4),
     }
     assert len(files["bomb.png"]) < 400_000
-    ids = submit(files)
+    ids = submit_named(files)
 
     report = grade_images(runtime, list(ids.values()))
 
@@ -105,7 +105,7 @@ def test_a_batch_of_pixel_bombs_never_holds_more_pixels_than_the_budget(
     settings: Settings,
     sessions: sessionmaker[Session],
     runtime: WorkerRuntime,
-    submit: Callable[[dict[str, bytes]], dict[str, uuid.UUID]],
+    submit_named: Callable[[dict[str, bytes]], dict[str, uuid.UUID]],
     fundus_jpeg: Callable[..., bytes],
 ) -> None:
     limit, budget = 4_000_000, 8_000_000
@@ -118,7 +118,7 @@ def test_a_batch_of_pixel_bombs_never_holds_more_pixels_than_the_budget(
     files = {f"over-{i}.png": pixel_bomb(2500, 2000, tag=str(i)) for i in range(3)}
     files |= {f"large-{i}.png": _large_fundus(2200 + 10 * i, 1650, seed=i) for i in range(6)}
     files |= {f"normal-{i}.jpg": fundus_jpeg(grade=i % 5, seed=20 + i) for i in range(3)}
-    ids = submit(files)
+    ids = submit_named(files)
 
     report = grade_images(worker, list(ids.values()))
     threads.shutdown()

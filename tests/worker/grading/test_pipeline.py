@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,26 +19,6 @@ from common.modelling.manifest import read_manifest
 from common.settings import Settings
 from worker.grading.pipeline import grade_claimed, grade_images
 from worker.runtime import WorkerRuntime
-
-
-@pytest.fixture
-def submit(
-    client: FlaskClient, auth: dict[str, str], sessions: sessionmaker[Session]
-) -> Callable[[list[tuple[bytes, str]]], tuple[dict, list[uuid.UUID]]]:
-    """Submit files over HTTP; return the batch body and its image ids in order."""
-
-    def do(files: list[tuple[bytes, str]]) -> tuple[dict, list[uuid.UUID]]:
-        parts = [(io.BytesIO(data), name) for data, name in files]
-        response = client.post("/v1/batches", headers=auth, data={"images": parts})
-        assert response.status_code == 202, response.get_json()
-        body = response.get_json()
-        with sessions() as session:
-            ids = session.scalars(
-                select(Image.id).where(Image.batch_id == uuid.UUID(body["id"])).order_by(Image.id)
-            ).all()
-        return body, list(ids)
-
-    return do
 
 
 def test_a_bad_image_fails_alone_and_the_rest_are_graded(
