@@ -33,7 +33,7 @@ KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES_DIR / "base"
 OVERLAY = KUBERNETES_DIR / "overlays" / "eight-gpus"
 KEDA_CRDS = DATA_DIR / "keda"
-# The oldest Kubernetes KEDA 2.20 supports, and the newest kubernetes-validate knows.
+# An older Kubernetes still run widely, and the newest one kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
 WORKERS = {"retinaq-grading-worker": "grading", "retinaq-heatmap-worker": "heatmaps"}
 API_IMAGE_PODS = ("retinaq-api", "retinaq-reconciler", "retinaq-migrate")
