@@ -86,11 +86,25 @@ class Settings(BaseSettings):
         "worker image).",
     )
     lease_s: int = Field(
-        default=900, ge=1, description="A processing claim's lifetime; longer than any task."
+        default=45,
+        ge=1,
+        description="A processing claim's lifetime; the worker renews it every third of this "
+        "while its task runs, so only a dead worker's claims run out.",
+    )
+    visibility_timeout_s: int = Field(
+        default=1800,
+        ge=1,
+        description="Redis redelivers a task left unacknowledged this long: longer than any "
+        "task, since a running task would be delivered twice (harmless, fenced, but waste). "
+        "A killed worker's images come back sooner, through their leases and the reconciler.",
     )
     requeue_after_s: int = Field(default=600, ge=1, description="Re-send queued work after.")
     max_attempts: int = Field(default=5, ge=1)
-    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between reconciler passes; an expired lease waits at most this.",
+    )
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
     db_retry_s: float = Field(default=120.0, ge=0, description="Worker rides out DB outages.")
     task_reports_path: Path | None = Field(
@@ -100,6 +114,12 @@ class Settings(BaseSettings):
     )
 
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    idempotency_abandoned_after_s: int = Field(
+        default=900,
+        ge=1,
+        description="A key reserved by a request still unfinished after this is taken to "
+        "have died with its process and is released; longer than any upload.",
+    )
     default_max_pending_images: int = Field(default=2_000_000, ge=1)
     default_max_images_per_minute: int = Field(default=200_000, ge=1)
 
@@ -177,11 +197,6 @@ class Settings(BaseSettings):
             path = self.models_dir / self.model_name / "model.keras"
             object.__setattr__(self, "model_path", path)
         return self
-
-    @property
-    def visibility_timeout_s(self) -> int:
-        """Redis redelivers an unacknowledged task after twice the lease, never mid-claim."""
-        return 2 * self.lease_s
 
     @property
     def model_file(self) -> Path:

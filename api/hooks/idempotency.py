@@ -17,7 +17,8 @@ Keys belong to the authenticated programme, so two programmes never see each oth
   ``idempotency_key_reused`` when it differs; 409 ``idempotency_key_in_progress`` (with
   ``Retry-After``) while the first is still running. After that an expired row is ignored
   and replaced by a new reservation. A reservation still in progress after
-  ``Settings.lease_s`` is taken to have died with its process and is replaced too.
+  ``Settings.idempotency_abandoned_after_s`` is taken to have died with its process and
+  is replaced too.
 
 Two requests are the same when their fingerprints match: SHA-256 over the method, the path,
 the query string and the body. A ``multipart/form-data`` (or URL-encoded) body counts as its
@@ -113,7 +114,7 @@ def begin_idempotent_request() -> Response | None:
     now = utcnow()
     mine = (IdempotencyKey.programme_id == programme_id, IdempotencyKey.key == key)
     with state.sessions() as session:
-        abandoned = now - timedelta(seconds=state.settings.lease_s)
+        abandoned = now - timedelta(seconds=state.settings.idempotency_abandoned_after_s)
         session.execute(
             delete(IdempotencyKey).where(
                 *mine,

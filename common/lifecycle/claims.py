@@ -3,7 +3,9 @@
 An image is *claimed* by one guarded UPDATE that moves it to ``processing``, bumps
 ``attempts`` and sets a lease deadline ``lease_s`` ahead. The attempt number a claim was
 made under fences the final write (:mod:`worker.grading.recording`), so if a task is
-delivered twice only the latest claim can record a result. A lease that runs out (a
+delivered twice only the latest claim can record a result. The lease is short (under a
+minute) because a live worker renews it while it works (:func:`renew_leases`, driven by
+:mod:`worker.grading.lease_keeper`), however long its task takes. A lease that runs out (a
 worker killed mid-task) makes the image claimable again, by a redelivered task or by the
 reconciler's re-send; one whose ``max_attempts`` are spent is failed instead of retried
 for ever.
@@ -12,10 +14,11 @@ for ever.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from common.db.tables import Image, ImageState, utcnow
@@ -94,6 +97,30 @@ def claim_queued(session: Session, limit: int, *, max_attempts: int, lease_s: in
         .with_for_update(skip_locked=True)
     ).all()
     return claim_images(session, list(queued), max_attempts=max_attempts, lease_s=lease_s)
+
+
+def renew_leases(session: Session, claims: Iterable[Claim], *, lease_s: int) -> set[uuid.UUID]:
+    """Push these claims' leases ``lease_s`` ahead of now; returns the images still ours.
+
+    Only rows still ``processing`` under the claim's own attempt are touched, so a renewal
+    never extends a claim that was finished, handed back to the queue or taken over by a
+    later attempt; those are simply absent from the answer. The row test is the one the
+    final write's fence uses, so both lock the same rows the same way.
+    """
+    pairs = [(c.image_id, c.attempt) for c in claims]
+    if not pairs:
+        return set()
+    renewed = session.scalars(
+        update(Image)
+        .where(
+            tuple_(Image.id, Image.attempts).in_(pairs),
+            Image.state == ImageState.PROCESSING,
+        )
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .returning(Image.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(renewed)
 
 
 def fail_exhausted(

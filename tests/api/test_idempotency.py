@@ -265,7 +265,7 @@ def test_a_reservation_abandoned_by_a_dead_request_is_replaced(
                 key="crashed",
                 request_fingerprint="0" * 64,
                 status_code=None,
-                created_at=utcnow() - timedelta(seconds=settings.lease_s + 1),
+                created_at=utcnow() - timedelta(seconds=settings.idempotency_abandoned_after_s + 1),
                 expires_at=utcnow() + timedelta(hours=1),
             )
         )

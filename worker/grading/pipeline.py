@@ -1,6 +1,7 @@
 """Grading a micro-batch of images: claim, decode, predict, record, all guarded by state.
 
-Images are claimed under a lease (:mod:`common.lifecycle.claims`), prepared on decoder
+Images are claimed under a lease (:mod:`common.lifecycle.claims`) that a thread renews
+until the task ends (:mod:`worker.grading.lease_keeper`), prepared on decoder
 threads by :func:`common.imaging.prepare.prepare_image` (an image the quality check
 refuses becomes ``ungradable`` with its reasons and never reaches the model), graded a
 model batch at a time, and recorded for the claims still ours
@@ -26,6 +27,7 @@ from common.lifecycle.progress import mark_batches_processing, record_batch_mode
 from common.screening.outcome import ImageOutcome, interpret_probabilities
 from common.screening.quality import QualityReport
 from worker.db_retry import with_db_retry
+from worker.grading.lease_keeper import LeaseKeeper
 from worker.grading.recording import known_outcomes, record_outcomes
 
 if TYPE_CHECKING:
@@ -63,15 +65,17 @@ def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingR
     report.skipped = len(set(image_ids)) - len(claims)
     if not claims:
         return report
-    claims += gather_company(runtime, len(claims))
-    return grade_claimed(runtime, claims, report)
+    with LeaseKeeper(runtime.sessions, claims, lease_s=settings.lease_s) as keeper:
+        claims += gather_company(runtime, len(claims), keeper)
+        return grade_claimed(runtime, claims, report)
 
 
 def grade_claimed(
     runtime: WorkerRuntime, claims: list[Claim], report: GradingReport | None = None
 ) -> GradingReport:
     """Decode, check, infer and record images already claimed; a superseded claim writes
-    nothing (it counts as ``fenced_out``)."""
+    nothing (it counts as ``fenced_out``). Keeping the leases alive meanwhile is the
+    caller's part (:func:`grade_images` holds them in a :class:`LeaseKeeper`)."""
     settings = runtime.settings
     report = report or GradingReport()
     report.claimed = len(claims)
@@ -120,12 +124,13 @@ def grade_claimed(
     return report
 
 
-def gather_company(runtime: WorkerRuntime, have: int) -> list[Claim]:
+def gather_company(runtime: WorkerRuntime, have: int, keeper: LeaseKeeper) -> list[Claim]:
     """Fill a short model batch with other queued images, waiting at most ``batch_wait_ms``.
 
     Tasks are formed per upload, so a trickle of small uploads would otherwise reach the
-    model one or two images at a time. Images taken here are claimed like any others; when
-    their own tasks arrive they find them graded and skip them.
+    model one or two images at a time. Images taken here are claimed like any others, and
+    their leases kept by ``keeper`` from the moment they are taken; when their own tasks
+    arrive they find them graded and skip them.
     """
     settings = runtime.settings
     wanted = runtime.model.batch_size - have
@@ -139,7 +144,9 @@ def gather_company(runtime: WorkerRuntime, have: int) -> list[Claim]:
                     session, limit, max_attempts=settings.max_attempts, lease_s=settings.lease_s
                 )
 
-        company += with_db_retry(claim_more, budget_s=settings.db_retry_s)
+        more = with_db_retry(claim_more, budget_s=settings.db_retry_s)
+        keeper.hold(more)
+        company += more
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
