@@ -2,9 +2,11 @@
 
 Each pass re-sends grading tasks for images that are ``queued`` but whose last send is
 older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
-commit) and for images whose ``processing`` lease has expired (a worker killed with
-``kill -9``); it also asks again, for a day, for heat maps that were asked for but never
-came (a heat-map task the broker lost), and drops expired idempotency keys. Once per
+commit) and for images whose ``processing`` lease has expired: a live worker renews its
+leases while it works (:mod:`worker.grading.lease_keeper`), so only a dead one's run out
+(a worker killed with ``kill -9``), and a pass every ``reconcile_interval_s`` hands them
+back soon after. It also asks again, for a day, for heat maps that were asked for but
+never came (a heat-map task the broker lost), and drops expired idempotency keys. Once per
 ``sweep_grace_s`` it also sweeps the store for bytes that nothing names
 (:mod:`common.storage.blobs`). Duplicate sends are harmless: a claim only takes pending
 images, the attempt number fences out a superseded claim, and a heat map is made once.
