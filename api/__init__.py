@@ -13,14 +13,14 @@ from api.errors import register_error_handlers
 from api.hooks.hosts import install_origin
 from api.hooks.json_bodies import limit_json_body
 from api.hooks.request_ids import assign_request_id, echo_request_id
-from api.state import ApiState, close_db_session
+from api.state import ApiState, api_state, close_db_session
 from api.uploads import StreamingRequest
 from api.v1 import create_v1
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import assert_schema_at_head
 from common.queue import make_celery
 from common.settings import Settings
-from common.storage.files import ImageStore
+from common.storage import open_store
 
 
 def create_app(settings: Settings) -> Flask:
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> Flask:
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        store=ImageStore(settings.image_store),
+        store=open_store(settings),
         celery=make_celery(settings, name="retinaq-api"),
         cursors=cursors,
     )
@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> Flask:
 def _discard_uncommitted_uploads(_exc: BaseException | None = None) -> None:
     """Spooled uploads that never made it into the store are removed with the request."""
     if isinstance(request, StreamingRequest):
-        request.discard_spools()
+        request.discard_spools(api_state().store)
 
 
 __all__ = ["create_app"]

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.cursors import CursorSealer
 from common.settings import Settings
-from common.storage.files import ImageStore
+from common.storage.base import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ApiState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    store: ImageStore
+    store: ObjectStore
     celery: Celery
     cursors: CursorSealer
 

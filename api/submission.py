@@ -16,8 +16,8 @@ from api.uploads import ImageMetadata, display_filename, match_metadata
 from common.db.tables import Batch, Image, ImageState, utcnow
 from common.ids import uuid7
 from common.queue import send_grading
+from common.storage.base import HashingSpool
 from common.storage.blobs import place_spools, unplace
-from common.storage.files import HashingSpool
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def record_images(
     enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
     spools = _spools(files)
     store = state.store
-    store.sync(spools)  # the slow part, before any lock is taken
+    store.sync(spools)  # the slow part (fsync, or the upload to S3), before any lock
     rows: list[dict[str, Any]] = []
     for spool, name in zip(spools, names, strict=True):
         facts = matched.get(name, ImageMetadata(None, None))

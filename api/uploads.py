@@ -1,9 +1,10 @@
-"""Multipart uploads streamed straight into the image store, hashed on the way.
+"""Multipart uploads streamed into local spools, hashed on the way.
 
-Werkzeug asks the request for a file object per uploaded part; ours writes into a
-temporary file inside the content-addressed store, so an image is never held whole in
-memory and is never copied twice. Each image keeps the path its client sent, relative to
-the folder submitted (``common.filenames``), and metadata rows are matched against it.
+Werkzeug asks the request for a file object per uploaded part; ours writes into a local
+temporary file in the store's spool folder (inside the folder of a file store, so placing
+it is a rename; a local folder for an S3 store, from which it is sent), so an image is never
+held whole in memory. Each image keeps the path its client sent, relative to the folder
+submitted (``common.filenames``), and metadata rows are matched against it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from werkzeug.formparser import FormDataParser
 
 from api.errors import ApiError, echo_client_values
 from common.filenames import relative_path, resolve_rows
-from common.storage.files import HashingSpool, ImageStore
+from common.storage.base import HashingSpool, ObjectStore
 
 MAX_PATIENT_ID_LENGTH = 128
 METADATA_COLUMNS = ("filename", "patient_id", "laterality")
@@ -31,8 +32,8 @@ _LATERALITY = {"l": "L", "left": "L", "os": "L", "r": "R", "right": "R", "od": "
 class _LimitedSpool(HashingSpool):
     """A spool that stops an oversized part instead of filling the disk."""
 
-    def __init__(self, store: ImageStore, limit: int) -> None:
-        super().__init__(store)
+    def __init__(self, store: ObjectStore, limit: int) -> None:
+        super().__init__(store.spool_dir)
         self._limit = limit
 
     def write(self, data: bytes) -> int:
@@ -74,10 +75,10 @@ class StreamingRequest(Request):
         except ValueError as exc:
             raise ApiError(400, "invalid_multipart", _multipart_problem(exc)) from exc
 
-    def discard_spools(self) -> None:
-        """Delete temporary files that were not committed into the store."""
+    def discard_spools(self, store: ObjectStore) -> None:
+        """Delete spools that were not placed in the store, and what was staged of them."""
         for spool in getattr(self, "spools", []):
-            spool.discard()
+            store.discard(spool)
 
 
 def _multipart_problem(exc: ValueError) -> str:

@@ -18,8 +18,8 @@ from common.db.schema import SchemaNotAtHead, assert_schema_at_head
 from common.db.tables import ApiKey, Programme, utcnow
 from common.lifecycle.retention import purge_older_than
 from common.settings import get_settings
+from common.storage import open_store
 from common.storage.blobs import sweep_orphans
-from common.storage.files import ImageStore
 
 DEFAULT_LIMIT = "default"
 EXPIRES_IN_HELP = "The key stops working after this long: Nd (days) or Nh (hours), e.g. 90d."
@@ -223,7 +223,7 @@ def purge(age: timedelta) -> None:
         assert_schema_at_head(engine)
         # A plain session: the purge commits once per batch, before removing its files.
         with make_sessionmaker(engine)() as session:
-            report = purge_older_than(session, ImageStore(settings.image_store), cutoff)
+            report = purge_older_than(session, open_store(settings), cutoff)
     except SchemaNotAtHead as error:
         raise click.ClickException(str(error)) from error
     finally:
@@ -252,7 +252,7 @@ def sweep(grace: timedelta | None) -> None:
     engine = engine_from_settings(settings)
     try:
         assert_schema_at_head(engine)
-        report = sweep_orphans(make_sessionmaker(engine), ImageStore(settings.image_store), grace_s)
+        report = sweep_orphans(make_sessionmaker(engine), open_store(settings), grace_s)
     except SchemaNotAtHead as error:
         raise click.ClickException(str(error)) from error
     finally:

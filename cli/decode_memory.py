@@ -110,7 +110,7 @@ def measure(folder: Path, settings: Settings, rss_limit_mib: int) -> dict[str, A
 
     from common.imaging.prepare import PreparedImage
     from common.lifecycle.claims import Claim
-    from common.storage.files import ImageStore
+    from common.storage.files import FileStore
     from worker.grading.pipeline import prepare_claim
     from worker.ml.model import load_model
     from worker.runtime import WorkerRuntime, configure_decoding
@@ -118,7 +118,7 @@ def measure(folder: Path, settings: Settings, rss_limit_mib: int) -> dict[str, A
     model = load_model(settings.model_file, settings.grading_batch_size)
     configure_decoding(settings)  # as build_runtime does
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-    runtime = WorkerRuntime(settings, sessionmaker(), ImageStore(folder), model, decoder)
+    runtime = WorkerRuntime(settings, sessionmaker(), FileStore(folder), model, decoder)
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
     claims = [Claim(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), name, name, 1) for name in names]
     code = str(Path(sys.modules[WorkerRuntime.__module__].__file__ or "").parent.parent)

@@ -29,7 +29,12 @@ from common.settings import Settings
 
 # Package data (in a checkout, a link to samples/), so an installed copy has its photographs.
 SAMPLES_DIR = Path(str(resources.files("cli") / "samples"))
-_PROFILE_VARIABLES = ("RETINAQ_DATABASE_URL", "RETINAQ_BROKER_URL", "RETINAQ_STORAGE_DIR")
+_PROFILE_VARIABLES = (
+    "RETINAQ_DATABASE_URL",
+    "RETINAQ_BROKER_URL",
+    "RETINAQ_STORAGE_URL",
+    "RETINAQ_STORAGE_DIR",
+)
 console = Console()
 
 
@@ -71,7 +76,9 @@ def demo(var_dir: Path, samples: Path, timeout: float) -> None:
     var_dir = var_dir.resolve()
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = Settings(var_dir=var_dir, database_url="", broker_url="", storage_dir=None)
+    settings = Settings(
+        var_dir=var_dir, database_url="", broker_url="", storage_url="", storage_dir=None
+    )
     upgrade_to_head(settings.database_url, quiet=True)
     engine = engine_from_settings(settings)
     with make_sessionmaker(engine).begin() as session:

@@ -123,7 +123,7 @@ def reconcile(once: bool, interval: float | None) -> None:
     from common.db.engine import make_sessionmaker
     from common.lifecycle.reconcile import OrphanSweeps, reconcile_once
     from common.queue import make_celery
-    from common.storage.files import ImageStore
+    from common.storage import open_store
 
     require_schema_at_head()
     settings = get_settings()
@@ -131,7 +131,7 @@ def reconcile(once: bool, interval: float | None) -> None:
     engine = engine_from_settings(settings)
     sessions = make_sessionmaker(engine)
     celery = make_celery(settings, name="retinaq-reconciler")
-    sweeps = OrphanSweeps(ImageStore(settings.image_store), settings.sweep_grace_s)
+    sweeps = OrphanSweeps(open_store(settings), settings.sweep_grace_s)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pause = interval if interval is not None else settings.reconcile_interval_s

@@ -11,6 +11,7 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +31,22 @@ class Settings(BaseSettings):
     var_dir: Path = Field(default=Path("var"), description="Root of the embedded profile's files.")
     database_url: str = Field(default="", description="SQLAlchemy URL; default a SQLite file.")
     broker_url: str = Field(default="", description="Celery broker URL; default a folder broker.")
-    storage_dir: Path | None = Field(default=None, description="Content-addressed image store.")
+    storage_url: str = Field(
+        default="",
+        description="Where image and heat-map bytes live: file:///absolute/folder, or "
+        "s3://bucket/prefix with endpoint, region and credentials from the AWS chain "
+        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). "
+        "Default the folder storage_dir.",
+    )
+    storage_dir: Path | None = Field(
+        default=None,
+        description="The file store's folder when storage_url is unset; default var_dir/images.",
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Local folder for uploads on their way to an S3 store; default "
+        "var_dir/spool. A file store spools inside its own folder.",
+    )
     models_dir: Path = Field(
         default=BUNDLED_MODELS_DIR,
         description="The model registry: <name>/model.keras + manifest; default the bundled one.",
@@ -191,8 +207,7 @@ class Settings(BaseSettings):
             object.__setattr__(self, "database_url", f"sqlite:///{var / 'retinaq.sqlite3'}")
         if not self.broker_url:
             object.__setattr__(self, "broker_url", f"filesystem://{var / 'broker'}")
-        if self.storage_dir is None:
-            object.__setattr__(self, "storage_dir", var / "images")
+        self._resolve_storage(var)
         if self.model_path is None:
             path = self.models_dir / self.model_name / "model.keras"
             object.__setattr__(self, "model_path", path)
@@ -204,11 +219,43 @@ class Settings(BaseSettings):
         assert self.model_path is not None
         return self.model_path
 
+    def _resolve_storage(self, var: Path) -> None:
+        """One storage URL, whichever variable named the store; refuse anything else early."""
+        if not self.storage_url:
+            folder = self.storage_dir if self.storage_dir is not None else var / "images"
+            object.__setattr__(self, "storage_url", folder.resolve().as_uri())
+        parts = urlsplit(self.storage_url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                raise ValueError("RETINAQ_STORAGE_URL: write a folder as file:///absolute/path")
+            folder = Path(unquote(parts.path))
+            if self.storage_dir is not None and self.storage_dir.resolve() != folder:
+                raise ValueError(
+                    "RETINAQ_STORAGE_DIR and RETINAQ_STORAGE_URL name different stores"
+                )
+            object.__setattr__(self, "storage_dir", folder)
+        elif parts.scheme == "s3":
+            if not parts.netloc or self.storage_dir is not None:
+                raise ValueError(
+                    "RETINAQ_STORAGE_URL: write s3://bucket/prefix, without RETINAQ_STORAGE_DIR"
+                )
+        else:
+            raise ValueError("RETINAQ_STORAGE_URL must be file:///folder or s3://bucket/prefix")
+        if self.spool_dir is None:
+            object.__setattr__(self, "spool_dir", var / "spool")
+
     @property
     def image_store(self) -> Path:
-        """Where image bytes live (always set after validation)."""
-        assert self.storage_dir is not None
+        """The file store's folder; there is none when the store is S3."""
+        if self.storage_dir is None:
+            raise ValueError(f"the store {self.storage_url} is not a folder")
         return self.storage_dir
+
+    @property
+    def upload_spool_dir(self) -> Path:
+        """Where an S3 store spools uploads (always set after validation)."""
+        assert self.spool_dir is not None
+        return self.spool_dir
 
     @property
     def is_embedded(self) -> bool:

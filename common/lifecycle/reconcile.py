@@ -38,8 +38,8 @@ from common.lifecycle.claims import fail_exhausted
 from common.lifecycle.progress import settle_finished_batches
 from common.queue import send_grading, send_heatmap_task
 from common.settings import Settings
+from common.storage.base import ObjectStore
 from common.storage.blobs import SweepReport, sweep_orphans
-from common.storage.files import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class OrphanSweeps:
     """The reconciler's sweeps of the store: a whole walk is too costly for every pass, so
     one runs at start and then once per grace period (an orphan goes within two)."""
 
-    store: ImageStore
+    store: ObjectStore
     grace_s: float
     last_at: float = -math.inf
 

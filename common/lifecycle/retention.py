@@ -30,8 +30,8 @@ from common.db.tables import (
     Result,
     utcnow,
 )
+from common.storage.base import ObjectStore
 from common.storage.blobs import commit_release, release_blobs
-from common.storage.files import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> CancelOutcome:
     return CancelOutcome(images_cancelled=len(cancelled), batch_cancelled=batch is not None)
 
 
-def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> PurgeReport:
+def purge_batch(session: Session, store: ObjectStore, batch_id: uuid.UUID) -> PurgeReport:
     """Cancel, then delete the batch's results, images and row and the bytes nothing else
     names; commit.
 
@@ -142,7 +142,7 @@ def purge_batch(session: Session, store: ImageStore, batch_id: uuid.UUID) -> Pur
     )
 
 
-def purge_older_than(session: Session, store: ImageStore, cutoff: datetime) -> PurgeReport:
+def purge_older_than(session: Session, store: ObjectStore, cutoff: datetime) -> PurgeReport:
     """Purge every batch created before ``cutoff``, one transaction per batch.
 
     Finished and cancelled batches are deleted as they are; unfinished ones are cancelled

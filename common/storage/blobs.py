@@ -14,10 +14,11 @@ sides take the blob's row lock in the transaction that adds or removes reference
 Whichever commits second sees the first's work: a deleter that waited for a writer finds
 its new reference, and a writer that waited for a deleter finds the bytes gone and puts
 them back. The lock lives in the database, so it holds across API processes, workers
-and hosts, and for any store; on SQLite (the embedded profile) the database admits one
-writer at a time, which serialises the same steps. Bytes that a crash left without a row
-(moved into place, then the transaction died) are found by :func:`sweep_orphans`, and so
-are bytes set aside by a deletion that committed and died before emptying its trash.
+and hosts, and for either store (a folder or a bucket); on SQLite (the embedded profile)
+the database admits one writer at a time, which serialises the same steps. Bytes that a
+crash left without a row (put in place, then the transaction died) are found by
+:func:`sweep_orphans`, and so are bytes set aside by a deletion that committed and died
+before emptying its trash.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import CompoundSelect, delete, exists, select, union
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import Blob, Image, Result, utcnow
 from common.queue import chunked
-from common.storage.files import HashingSpool, ImageStore
+from common.storage.base import HashingSpool, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ def lock_blobs(session: Session, sizes: dict[str, int]) -> None:
         )
 
 
-def place_spools(session: Session, store: ImageStore, spools: list[HashingSpool]) -> list[str]:
+def place_spools(session: Session, store: ObjectStore, spools: list[HashingSpool]) -> list[str]:
     """Lock the spools' blobs, then move each into place unless its bytes are there already.
 
-    The spools must be synced (:meth:`ImageStore.sync`); returns the hashes this call put
+    The spools must be synced (:meth:`ObjectStore.sync`); returns the hashes this call put
     in place, which a caller that fails before committing should pass to
     :func:`unplace` while it still holds the locks.
     """
@@ -69,7 +69,7 @@ def place_spools(session: Session, store: ImageStore, spools: list[HashingSpool]
     return [spool.sha256 for spool in spools if store.place(spool)]
 
 
-def unplace(store: ImageStore, placed: Iterable[str]) -> None:
+def unplace(store: ObjectStore, placed: Iterable[str]) -> None:
     """Remove bytes this transaction put in place and is about to roll back (lock still held)."""
     for sha in placed:
         try:
@@ -84,7 +84,7 @@ class Release:
 
     kept: int
     rows_deleted: int
-    trashed: tuple[tuple[str, Path], ...]
+    trashed: tuple[tuple[str, str], ...]
 
     @property
     def removed(self) -> int:
@@ -92,7 +92,7 @@ class Release:
         return len(self.trashed)
 
 
-def release_blobs(session: Session, store: ImageStore, shas: Iterable[str]) -> Release:
+def release_blobs(session: Session, store: ObjectStore, shas: Iterable[str]) -> Release:
     """Set aside the bytes, and delete the rows, of these blobs that nothing names any more.
 
     Call it after deleting the rows that named them, in the same transaction, then finish
@@ -102,7 +102,7 @@ def release_blobs(session: Session, store: ImageStore, shas: Iterable[str]) -> R
     puts them back too and no row is ever left naming missing bytes.
     """
     kept = rows = 0
-    trashed: list[tuple[str, Path]] = []
+    trashed: list[tuple[str, str]] = []
     for chunk in chunked(sorted(set(shas)), _CHUNK):
         locked = session.scalars(
             select(Blob.sha256)
@@ -125,7 +125,7 @@ def release_blobs(session: Session, store: ImageStore, shas: Iterable[str]) -> R
     return Release(kept=kept, rows_deleted=rows, trashed=tuple(trashed))
 
 
-def commit_release(session: Session, store: ImageStore, release: Release) -> None:
+def commit_release(session: Session, store: ObjectStore, release: Release) -> None:
     """Commit a deletion, then empty its trash; if the commit fails, put the bytes back."""
     try:
         session.commit()
@@ -134,7 +134,7 @@ def commit_release(session: Session, store: ImageStore, release: Release) -> Non
             store.restore(sha, aside)
         raise
     for _, aside in release.trashed:
-        aside.unlink(missing_ok=True)
+        store.empty(aside)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class SweepReport:
 
 
 def sweep_orphans(
-    sessions: sessionmaker[Session], store: ImageStore, grace_s: float
+    sessions: sessionmaker[Session], store: ObjectStore, grace_s: float
 ) -> SweepReport:
     """Remove bytes and blob rows that nothing names, once older than ``grace_s``.
 

@@ -1,91 +1,27 @@
-"""Content-addressed image storage: bytes live once under their SHA-256, written atomically.
+"""The file backend (``file:///…``): bytes live once under their SHA-256 in a folder.
 
-Uploads stream into a temporary file in the store while being hashed, then are renamed
-into place, so a partial upload is never visible and identical images share one file.
-Whether shared bytes may be placed or removed is decided under a database row lock, in
-:mod:`common.storage.blobs`, never from what the file system shows.
+Uploads stream into a temporary file inside the store's folder while being hashed, then
+are renamed into place, so a partial upload is never visible and identical images share
+one file. Every process that reads or writes must see the same folder (one host, or a
+shared volume); :mod:`common.storage.s3` is the backend for nodes that share no disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+
+from common.storage.base import HashingSpool, StoredObject, relative_key
+
+__all__ = ["FileStore", "HashingSpool", "StoredObject"]
 
 
-class HashingSpool:
-    """A writable temporary file in the store that hashes what passes through it."""
-
-    def __init__(self, store: ImageStore) -> None:
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=store.tmp_dir)
-        self._file: IO[bytes] = os.fdopen(fd, "w+b")
-        self.path = Path(name)
-        self._digest = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        """Write and hash a chunk."""
-        self._digest.update(data)
-        self.size += len(data)
-        return self._file.write(data)
-
-    def read(self, size: int = -1) -> bytes:
-        """Read back (used by callers that inspect small parts such as metadata CSVs)."""
-        return self._file.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        """Move within the spooled file."""
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        """Current position."""
-        return self._file.tell()
-
-    def flush(self) -> None:
-        """Flush buffered bytes to the OS."""
-        self._file.flush()
-
-    def close(self) -> None:
-        """Close the handle; the temporary file stays until committed or discarded."""
-        self._file.close()
-
-    @property
-    def closed(self) -> bool:
-        """Whether the handle is closed."""
-        return self._file.closed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    @property
-    def sha256(self) -> str:
-        """Hex digest of everything written so far."""
-        return self._digest.hexdigest()
-
-    def discard(self) -> None:
-        """Remove the temporary file (idempotent)."""
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One file in the store, as the orphan sweeper sees it."""
-
-    sha256: str
-    relative: str
-    modified_at: float
-
-
-class ImageStore:
-    """A directory of immutable files named by their SHA-256.
+class FileStore:
+    """A directory of immutable files named by their SHA-256 (an :class:`ObjectStore`).
 
     Putting bytes in place and removing them are only safe under the blob's row lock
     (:mod:`common.storage.blobs`): the store itself never decides whether bytes are still wanted.
@@ -98,9 +34,14 @@ class ImageStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.trash_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def spool_dir(self) -> Path:
+        """Spools live inside the store, so placing one is a rename on the same file system."""
+        return self.tmp_dir
+
     def relative_path(self, sha256: str) -> str:
         """Fan out over two directory levels so no directory grows huge."""
-        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+        return relative_key(sha256)
 
     def path_for(self, relative: str) -> Path:
         """Absolute path of a stored object, refusing anything that escapes the store."""
@@ -111,7 +52,7 @@ class ImageStore:
 
     def spool(self) -> HashingSpool:
         """A new temporary file to stream an upload into."""
-        return HashingSpool(self)
+        return HashingSpool(self.tmp_dir)
 
     def spool_bytes(self, data: bytes) -> HashingSpool:
         """Small bytes made here (a heat map), spooled and made durable, ready to place."""
@@ -150,6 +91,10 @@ class ImageStore:
         os.replace(spool.path, final)
         return True
 
+    def discard(self, spool: HashingSpool) -> None:
+        """Remove a spool that will not be placed."""
+        spool.discard()
+
     def commit(self, spool: HashingSpool) -> str:
         """Sync and place one spool with no lock; for tools working on a private store."""
         self.sync([spool])
@@ -168,7 +113,7 @@ class ImageStore:
         except FileNotFoundError:
             return False
 
-    def trash(self, sha256: str) -> Path | None:
+    def trash(self, sha256: str) -> str | None:
         """Move stored bytes aside (under the blob's row lock), to be emptied once the
         deletion commits or put back if it does not; None when already absent."""
         aside = self.trash_dir / f"{sha256}.{uuid.uuid4().hex}"
@@ -177,16 +122,26 @@ class ImageStore:
         except FileNotFoundError:
             return None
         os.utime(aside)  # its age now says when it was trashed, for the sweeper's grace
-        return aside
+        return str(aside)
 
-    def restore(self, sha256: str, aside: Path) -> None:
+    def restore(self, sha256: str, aside: str) -> None:
         """Put trashed bytes back; identical bytes placed meanwhile are simply replaced."""
         final = self.root / self.relative_path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(aside, final)
+        os.replace(self._in_trash(aside), final)
+
+    def empty(self, aside: str) -> None:
+        """Delete trashed bytes for good (idempotent)."""
+        self._in_trash(aside).unlink(missing_ok=True)
+
+    def _in_trash(self, aside: str) -> Path:
+        path = Path(aside)
+        if path.parent != self.trash_dir:
+            raise ValueError(f"{aside!r} is not in this store's trash")
+        return path
 
     def read(self, relative: str) -> bytes:
-        """The stored bytes."""
+        """The stored bytes; FileNotFoundError when there are none under that key."""
         return self.path_for(relative).read_bytes()
 
     def objects(self) -> Iterator[StoredObject]:

@@ -1,5 +1,5 @@
 """Cancelling and purging batches: over HTTP, in ``common.lifecycle.retention``, and from
-the admin CLI."""
+the admin CLI, on both stores (a folder, and a bucket on a real S3 server)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import io
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,8 @@ from common.db.tables import AuditEvent, Batch, Image, Result, utcnow
 from common.lifecycle.claims import claim_images
 from common.lifecycle.retention import purge_batch
 from common.settings import Settings
-from common.storage.files import ImageStore
+from common.storage import ObjectStore
+from tests.support import STORES
 from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_claimed, grade_images
 from worker.runtime import WorkerRuntime
@@ -29,9 +29,17 @@ from worker.runtime import WorkerRuntime
 Submitted = tuple[dict[str, Any], list[uuid.UUID]]
 
 
-def _file_of(sessions: sessionmaker[Session], store: Path, image_id: uuid.UUID) -> Path:
+pytestmark = pytest.mark.parametrize("storage", STORES, indirect=True)
+
+
+def _file_of(sessions: sessionmaker[Session], image_id: uuid.UUID) -> str:
+    """The image's key in the store."""
     with sessions() as session:
-        return store / session.get_one(Image, image_id).storage_path
+        return session.get_one(Image, image_id).storage_path
+
+
+def _is_stored(store: ObjectStore, key: str) -> bool:
+    return store.exists(key.rsplit("/", 1)[-1])
 
 
 def _count(sessions: sessionmaker[Session], model: type, *where: Any) -> int:
@@ -51,7 +59,7 @@ def test_delete_cancels_pending_images_and_keeps_graded_results(
     runtime: WorkerRuntime,
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     batch, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(3)])
     assert grade_images(runtime, ids[:1]).graded == 1
@@ -84,7 +92,7 @@ def test_delete_cancels_pending_images_and_keeps_graded_results(
         assert (row["state"], row["grade"], row["error"]) == ("cancelled", None, None)
 
     assert grade_images(runtime, ids).claimed == 0, "a cancelled image is never claimed"
-    assert all(_file_of(sessions, settings.image_store, i).is_file() for i in ids)
+    assert all(_is_stored(store, _file_of(sessions, i)) for i in ids)
     (audit,) = _deletion_events(sessions)
     assert (audit.object_type, audit.object_id) == ("batch", batch["id"])
     assert audit.details == {"purge": False, "state": "processing", "images_cancelled": 2}
@@ -163,15 +171,15 @@ def test_purge_deletes_rows_and_bytes_but_keeps_bytes_another_image_shares(
     runtime: WorkerRuntime,
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     shared = fundus_jpeg(seed=1)
     batch, ids = submit([(fundus_jpeg(seed=0), "own.jpg"), (shared, "shared.jpg")])
     grade_images(runtime, ids[:1])
     other_programme = make_programme("Elsewhere")
     theirs, their_ids = submit([(shared, "same-eye.jpg")], headers=other_programme)
-    own_file = _file_of(sessions, settings.image_store, ids[0])
-    shared_file = _file_of(sessions, settings.image_store, ids[1])
+    own_file = _file_of(sessions, ids[0])
+    shared_file = _file_of(sessions, ids[1])
 
     response = client.delete(batch["links"]["self"] + "?purge=true", headers=auth)
     assert response.status_code == 204
@@ -181,8 +189,8 @@ def test_purge_deletes_rows_and_bytes_but_keeps_bytes_another_image_shares(
     assert _count(sessions, Batch, Batch.id == batch_id) == 0
     assert _count(sessions, Image, Image.batch_id == batch_id) == 0
     assert _count(sessions, Result, Result.batch_id == batch_id) == 0
-    assert not own_file.exists()
-    assert shared_file.read_bytes() == shared
+    assert not _is_stored(store, own_file)
+    assert store.read(shared_file) == shared
     assert client.get(batch["links"]["self"], headers=auth).status_code == 404
     assert client.delete(batch["links"]["self"], headers=auth).status_code == 404
 
@@ -202,7 +210,7 @@ def test_purge_removes_the_heat_maps_of_its_results(
     runtime: WorkerRuntime,
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     batch, ids = submit([(fundus_jpeg(grade=4, seed=3), "referable.jpg")])
     grade_images(runtime, ids)
@@ -210,21 +218,21 @@ def test_purge_removes_the_heat_maps_of_its_results(
     with sessions() as session:
         sha = session.scalars(select(Result.heatmap_sha256)).one()
     assert sha is not None
-    heatmap = settings.image_store / ImageStore(settings.image_store).relative_path(sha)
-    assert heatmap.read_bytes().startswith(b"\x89PNG")
+    heatmap = store.relative_path(sha)
+    assert store.read(heatmap).startswith(b"\x89PNG")
 
     assert client.delete(batch["links"]["self"] + "?purge=true", headers=auth).status_code == 204
-    assert not heatmap.exists()
+    assert not _is_stored(store, heatmap)
 
 
 def test_purge_removes_no_file_when_the_deletion_is_rolled_back(
     submit: Callable[..., Submitted],
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     batch, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(2)])
-    files = [_file_of(sessions, settings.image_store, i) for i in ids]
+    files = [_file_of(sessions, i) for i in ids]
 
     def refuse_commit() -> None:
         raise RuntimeError("the database went away during COMMIT")
@@ -232,11 +240,11 @@ def test_purge_removes_no_file_when_the_deletion_is_rolled_back(
     with sessions() as session:
         session.commit = refuse_commit  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match="went away"):
-            purge_batch(session, ImageStore(settings.image_store), uuid.UUID(batch["id"]))
+            purge_batch(session, store, uuid.UUID(batch["id"]))
         session.rollback()
 
     assert _count(sessions, Image, Image.id.in_(ids)) == 2
-    assert all(path.is_file() for path in files)
+    assert all(_is_stored(store, key) for key in files)
 
 
 def test_another_programmes_batch_cannot_be_deleted(
@@ -246,7 +254,7 @@ def test_another_programmes_batch_cannot_be_deleted(
     submit: Callable[..., Submitted],
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     batch, ids = submit([(fundus_jpeg(seed=3), "3.jpg")])
     intruder = make_programme("Intruder")
@@ -260,7 +268,7 @@ def test_another_programmes_batch_cannot_be_deleted(
 
     status = client.get(batch["links"]["self"], headers=auth).get_json()
     assert (status["state"], status["counts"]["queued"]) == ("queued", 1)
-    assert _file_of(sessions, settings.image_store, ids[0]).is_file()
+    assert _is_stored(store, _file_of(sessions, ids[0]))
     assert _deletion_events(sessions) == []
 
 
@@ -280,6 +288,7 @@ def test_admin_purge_older_than_removes_old_batches_only(
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
     settings: Settings,
+    store: ObjectStore,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -297,14 +306,12 @@ def test_admin_purge_older_than_removes_old_batches_only(
             .where(Batch.id.in_(old_batches))
             .values(created_at=utcnow() - timedelta(days=100))
         )
-    old_only = [
-        _file_of(sessions, settings.image_store, i) for i in (finished_ids[0], pending_ids[0])
-    ]
-    shared_file = _file_of(sessions, settings.image_store, recent_ids[0])
+    old_only = [_file_of(sessions, i) for i in (finished_ids[0], pending_ids[0])]
+    shared_file = _file_of(sessions, recent_ids[0])
 
     monkeypatch.setenv("RETINAQ_DATABASE_URL", database_url)
     monkeypatch.setenv("RETINAQ_VAR_DIR", str(settings.var_dir))
-    monkeypatch.setenv("RETINAQ_STORAGE_DIR", str(settings.image_store))
+    monkeypatch.setenv("RETINAQ_STORAGE_URL", settings.storage_url)
     get_settings.cache_clear()
     try:
         runner = CliRunner()
@@ -337,5 +344,5 @@ def test_admin_purge_older_than_removes_old_batches_only(
     with sessions() as session:
         assert session.scalars(select(Batch.id)).all() == [uuid.UUID(recent["id"])]
         assert session.scalar(select(func.count()).select_from(Image)) == 1
-    assert not any(path.exists() for path in old_only)
-    assert shared_file.read_bytes() == shared
+    assert not any(_is_stored(store, key) for key in old_only)
+    assert store.read(shared_file) == shared

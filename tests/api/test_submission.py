@@ -1,10 +1,10 @@
-"""Submitting batches over HTTP: multipart, open batches, metadata, limits, enqueueing."""
+"""Submitting batches over HTTP: multipart, open batches, metadata, limits, enqueueing, on
+both stores (a folder, and a bucket on a real S3 server)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -13,7 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import Batch, BatchState, Image, ImageState
-from common.settings import Settings
+from common.storage import ObjectStore
+from tests.support import STORES, stored_files, temporaries
+
+pytestmark = pytest.mark.parametrize("storage", STORES, indirect=True)
 
 
 def _files(fundus_jpeg: Callable[..., bytes], count: int, prefix: str = "img") -> list:
@@ -25,7 +28,7 @@ def test_multipart_submission_records_stores_and_enqueues(
     auth: dict[str, str],
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
     queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     response = client.post(
@@ -47,10 +50,9 @@ def test_multipart_submission_records_stores_and_enqueues(
     assert [i.filename for i in images] == [f"img{i}.jpg" for i in range(10)]
     assert all(i.state == ImageState.QUEUED for i in images)
     for image in images:
-        stored = settings.image_store / image.storage_path
-        assert stored.read_bytes() == fundus_jpeg(seed=int(image.filename[3:-4]))
-        assert stored.name == image.sha256
-    assert list((settings.image_store / "tmp").iterdir()) == []
+        assert store.read(image.storage_path) == fundus_jpeg(seed=int(image.filename[3:-4]))
+        assert image.storage_path == store.relative_path(image.sha256)
+    assert temporaries(store) == []
 
     tasks = queued_tasks()
     assert sorted(len(t) for t in tasks) == [2, 8]  # one task per task_size ids
@@ -61,13 +63,12 @@ def test_identical_bytes_are_stored_once(
     client: FlaskClient,
     auth: dict[str, str],
     fundus_jpeg: Callable[..., bytes],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
     same = fundus_jpeg(seed=3)
     for name in ("left.jpg", "copy.jpg"):
         client.post("/v1/batches", headers=auth, data={"images": [(io.BytesIO(same), name)]})
-    stored = [p for p in settings.image_store.rglob("*") if p.is_file()]
-    assert len(stored) == 1
+    assert len(stored_files(store)) == 1
 
 
 def test_metadata_csv_is_applied(
@@ -208,8 +209,7 @@ def test_request_over_the_size_limit_is_413_and_leaves_no_files(
     )
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "payload_too_large"
-    store: Path = app.extensions["retinaq"].store.root
-    assert [p for p in store.rglob("*") if p.is_file()] == []
+    assert stored_files(app.extensions["retinaq"].store) == []
 
 
 def test_hostile_filenames_are_reduced_to_safe_display_names(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.bench.pipeline import worker_stage_totals
 from common.db.tables import Image
 from common.settings import Settings
-from common.storage.files import ImageStore
+from common.storage import open_store
 from worker.grading.pipeline import GradingReport
 from worker.runtime import WorkerRuntime
 from worker.tasks import append_task_report, grade_images_task
@@ -65,7 +65,7 @@ def test_the_task_reports_a_graded_batch(
     runtime = WorkerRuntime(
         settings.model_copy(update={"task_reports_path": reports}),
         sessions,
-        ImageStore(settings.image_store),
+        open_store(settings),
         loaded_model,
     )
     monkeypatch.setattr("worker.runtime._runtime", runtime)
@@ -98,7 +98,7 @@ def test_no_report_file_unless_one_is_configured(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    runtime = WorkerRuntime(settings, sessions, ImageStore(settings.image_store), loaded_model)
+    runtime = WorkerRuntime(settings, sessions, open_store(settings), loaded_model)
     monkeypatch.setattr("worker.runtime._runtime", runtime)
     monkeypatch.chdir(tmp_path)
 

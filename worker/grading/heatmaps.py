@@ -119,4 +119,4 @@ def _record(runtime: WorkerRuntime, overlays: dict[uuid.UUID, bytes]) -> int:
             return written
     finally:
         for spool in spools.values():
-            spool.discard()
+            store.discard(spool)

@@ -1,4 +1,5 @@
-"""Stored bytes that nothing names: heat maps racing a purge, and the orphan sweeper.
+"""Stored bytes that nothing names: heat maps racing a purge, and the orphan sweeper, on
+both stores (a folder, and a bucket on a real S3 server).
 
 The sweeper is tested as an operator meets it too: ``retinaq admin sweep`` and a
 ``retinaq reconcile --once`` pass, against the real database and image store.
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -26,9 +28,10 @@ from cli.main import cli
 from common.db.tables import Blob, Image, Result, utcnow
 from common.lifecycle.retention import purge_batch
 from common.settings import Settings, get_settings
+from common.storage import ObjectStore, blobs
 from common.storage.blobs import lock_blobs, sweep_orphans
-from common.storage.files import ImageStore
-from tests.support import REPO_ROOT
+from common.storage.files import FileStore
+from tests.support import REPO_ROOT, STORES
 from worker.grading import heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
@@ -36,13 +39,23 @@ from worker.runtime import WorkerRuntime
 HOUR = 3600.0
 
 
-def _stored(store: ImageStore, data: bytes, *, age_s: float = 0) -> str:
-    """Put bytes straight into the store (as a crashed writer would), aged by ``age_s``."""
+# Bytes written before a pause of SETTLE_S are older than GRACE_S, those after it younger:
+# S3 cannot backdate an object, so the tests that run on both stores wait instead.
+GRACE_S = 2.0
+SETTLE_S = 3.0
+on_both_stores = pytest.mark.parametrize("storage", STORES, indirect=True)
+
+
+def _stored(store: ObjectStore, data: bytes, *, age_s: float = 0) -> str:
+    """Put bytes straight into the store (as a crashed writer would), aged by ``age_s``
+    (which only a file store can do)."""
     spool = store.spool()
     spool.write(data)
     relative = store.commit(spool)
-    then = time.time() - age_s
-    os.utime(store.root / relative, (then, then))
+    if age_s:
+        assert isinstance(store, FileStore)
+        then = time.time() - age_s
+        os.utime(store.root / relative, (then, then))
     return spool.sha256
 
 
@@ -58,6 +71,7 @@ def _image_ids(sessions: sessionmaker[Session], batch_id: str) -> list[uuid.UUID
         return list(session.scalars(select(Image.id).where(Image.batch_id == uuid.UUID(batch_id))))
 
 
+@on_both_stores
 def test_a_heat_map_for_a_result_purged_meanwhile_leaves_no_bytes(
     client: FlaskClient,
     auth: dict[str, str],
@@ -83,6 +97,7 @@ def test_a_heat_map_for_a_result_purged_meanwhile_leaves_no_bytes(
         assert session.scalars(select(Blob.sha256)).all() == []
 
 
+@on_both_stores
 def test_a_heat_map_is_stored_with_its_blob_row(
     client: FlaskClient,
     auth: dict[str, str],
@@ -98,36 +113,35 @@ def test_a_heat_map_is_stored_with_its_blob_row(
         heatmap = session.scalars(select(Result.heatmap_sha256)).one()
         blob = session.get_one(Blob, heatmap)
     assert blob.size_bytes == len(runtime.store.read(runtime.store.relative_path(heatmap)))
-    assert list(runtime.store.tmp_dir.iterdir()) == []
+    assert list(runtime.store.spool_dir.iterdir()) == []
 
 
+@on_both_stores
 def test_the_sweeper_removes_only_old_bytes_that_nothing_names(
     client: FlaskClient,
     auth: dict[str, str],
     fundus_jpeg: Callable[..., bytes],
     sessions: sessionmaker[Session],
-    settings: Settings,
+    store: ObjectStore,
 ) -> None:
-    store = ImageStore(settings.image_store)
-    named = _submit(client, auth, [fundus_jpeg(seed=1)])
+    named = _submit(client, auth, [fundus_jpeg(seed=1)])  # old, but named
     with sessions() as session:
         named_sha = session.scalars(select(Image.sha256)).one()
-    os.utime(store.root / store.relative_path(named_sha), (0, 0))  # old, but named
-    old_orphan = _stored(store, b"orphan left by a crash", age_s=2 * HOUR)
-    young_orphan = _stored(store, b"an upload about to commit", age_s=60)
+    old_orphan = _stored(store, b"orphan left by a crash")
     stale_spool = store.spool()
     stale_spool.write(b"half an upload")
     stale_spool.close()
-    os.utime(stale_spool.path, (0, 0))
-    fresh_spool = store.spool()
-    fresh_spool.write(b"an upload in progress")
-    fresh_spool.close()
     # A row whose bytes were removed by hand, and a named one made long ago.
     with sessions.begin() as session:
         lock_blobs(session, {"f" * 64: 1})
         session.execute(update(Blob).values(created_at=utcnow() - timedelta(hours=2)))
+    time.sleep(SETTLE_S)
+    young_orphan = _stored(store, b"an upload about to commit")
+    fresh_spool = store.spool()
+    fresh_spool.write(b"an upload in progress")
+    fresh_spool.close()
 
-    report = sweep_orphans(sessions, store, grace_s=HOUR)
+    report = sweep_orphans(sessions, store, grace_s=GRACE_S)
 
     assert (report.objects_removed, report.rows_removed, report.spools_removed) == (1, 1, 1)
     assert report.objects_checked == 2  # the named and the old orphan; the young one is spared
@@ -141,7 +155,7 @@ def test_the_sweeper_removes_only_old_bytes_that_nothing_names(
     graded = client.get(named["links"]["self"], headers=auth)
     assert graded.status_code == 200
 
-    again = sweep_orphans(sessions, store, grace_s=HOUR)
+    again = sweep_orphans(sessions, store, grace_s=GRACE_S)
     assert (again.objects_removed, again.rows_removed, again.spools_removed) == (0, 0, 0)
 
 
@@ -155,7 +169,7 @@ def operator_env(
         "RETINAQ_BROKER_URL": settings.broker_url,
         "RETINAQ_QUEUE_NAME": settings.queue_name,
         "RETINAQ_VAR_DIR": str(settings.var_dir),
-        "RETINAQ_STORAGE_DIR": str(settings.image_store),
+        "RETINAQ_STORAGE_URL": settings.storage_url,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -165,9 +179,8 @@ def operator_env(
 
 
 def test_admin_sweep_reports_what_it_removed(
-    settings: Settings, operator_env: dict[str, str]
+    store: ObjectStore, operator_env: dict[str, str]
 ) -> None:
-    store = ImageStore(settings.image_store)
     orphan = _stored(store, b"bytes of a purged batch", age_s=3 * HOUR)
     kept = _stored(store, b"bytes younger than the grace", age_s=10 * 60)
 
@@ -184,9 +197,8 @@ def test_admin_sweep_reports_what_it_removed(
 
 
 def test_the_reconciler_sweeps_on_its_first_pass(
-    settings: Settings, operator_env: dict[str, str], tmp_path: Path
+    store: ObjectStore, operator_env: dict[str, str], tmp_path: Path
 ) -> None:
-    store = ImageStore(settings.image_store)
     orphan = _stored(store, b"bytes a crashed upload left", age_s=2 * HOUR)
     result = subprocess.run(
         [sys.executable, "-m", "cli", "reconcile", "--once"],
@@ -198,4 +210,19 @@ def test_the_reconciler_sweeps_on_its_first_pass(
     )
     assert result.returncode == 0, result.stderr
     assert "orphans_removed=1" in result.stdout
+    assert not store.exists(orphan)
+
+
+@pytest.mark.parametrize("storage", ["s3"], indirect=True)
+def test_admin_sweep_removes_old_orphans_from_an_s3_store(
+    store: ObjectStore, operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orphan = _stored(store, b"bytes of a purged batch")
+    later = time.time() + 3 * HOUR  # the orphan is three hours old by the sweeper's clock
+    monkeypatch.setattr(blobs, "time", SimpleNamespace(time=lambda: later))
+
+    result = CliRunner().invoke(cli, ["admin", "sweep", "--grace", "30m"])
+
+    assert result.exit_code == 0, result.output
+    assert "unnamed objects removed: 1" in result.output.splitlines()
     assert not store.exists(orphan)
