@@ -24,6 +24,8 @@ from worker.db_retry import is_connection_problem
 
 log = logging.getLogger(__name__)
 
+JOIN_TIMEOUT_S = 2.0
+
 
 class LeaseKeeper:
     """Renews the leases of the claims it holds every ``lease_s / 3`` seconds while entered."""
@@ -79,7 +81,7 @@ class LeaseKeeper:
         self._stopped.set()
         # A renewal in flight is a short UPDATE; one stuck on a dead connection is not
         # waited for (the thread is a daemon, and renewing a finished claim changes nothing).
-        self._thread.join(timeout=self.interval_s)
+        self._thread.join(timeout=min(self.interval_s, JOIN_TIMEOUT_S))
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval_s):
