@@ -122,6 +122,10 @@ class ObjectStore(Protocol):
         False when the bytes were there already."""
         ...
 
+    def place_all(self, spools: list[HashingSpool]) -> list[bool]:
+        """:meth:`place` for each spool (a remote store places several at once)."""
+        ...
+
     def discard(self, spool: HashingSpool) -> None:
         """Drop a spool that will not be placed, and anything :meth:`sync` made of it."""
         ...
@@ -141,6 +145,11 @@ class ObjectStore(Protocol):
     def trash(self, sha256: str) -> str | None:
         """Set stored bytes aside (under the blob's row lock), to be emptied once the
         deletion commits or restored if it does not; a token naming them, None when absent."""
+        ...
+
+    def trash_all(self, shas: list[str]) -> list[str | None]:
+        """:meth:`trash` for each hash (a remote store sets several aside at once); all or
+        nothing: when one fails, those already set aside are put back before it raises."""
         ...
 
     def restore(self, sha256: str, aside: str) -> None:

@@ -66,7 +66,8 @@ def place_spools(session: Session, store: ObjectStore, spools: list[HashingSpool
     :func:`unplace` while it still holds the locks.
     """
     lock_blobs(session, {spool.sha256: spool.size for spool in spools})
-    return [spool.sha256 for spool in spools if store.place(spool)]
+    placed = store.place_all(spools)
+    return [spool.sha256 for spool, new in zip(spools, placed, strict=True) if new]
 
 
 def unplace(store: ObjectStore, placed: Iterable[str]) -> None:
@@ -103,25 +104,30 @@ def release_blobs(session: Session, store: ObjectStore, shas: Iterable[str]) -> 
     """
     kept = rows = 0
     trashed: list[tuple[str, str]] = []
-    for chunk in chunked(sorted(set(shas)), _CHUNK):
-        locked = session.scalars(
-            select(Blob.sha256)
-            .where(Blob.sha256.in_(chunk))
-            .order_by(Blob.sha256)
-            .with_for_update()
-        ).all()
-        # A statement after the lock: under READ COMMITTED it sees what the writer we
-        # may have waited for committed.
-        named = set(session.scalars(_named(list(locked))))
-        orphans = [sha for sha in locked if sha not in named]
-        kept += len(named)
-        for sha in orphans:
-            aside = store.trash(sha)
-            if aside is not None:
-                trashed.append((sha, aside))
-        if orphans:
-            session.execute(delete(Blob).where(Blob.sha256.in_(orphans)))
-            rows += len(orphans)
+    try:
+        for chunk in chunked(sorted(set(shas)), _CHUNK):
+            locked = session.scalars(
+                select(Blob.sha256)
+                .where(Blob.sha256.in_(chunk))
+                .order_by(Blob.sha256)
+                .with_for_update()
+            ).all()
+            # A statement after the lock: under READ COMMITTED it sees what the writer we
+            # may have waited for committed.
+            named = set(session.scalars(_named(list(locked))))
+            orphans = [sha for sha in locked if sha not in named]
+            kept += len(named)
+            for sha, aside in zip(orphans, store.trash_all(orphans), strict=True):
+                if aside is not None:
+                    trashed.append((sha, aside))
+            if orphans:
+                session.execute(delete(Blob).where(Blob.sha256.in_(orphans)))
+                rows += len(orphans)
+    except BaseException:
+        # The caller will roll back, so every row it keeps must keep its bytes.
+        for sha, aside in trashed:
+            store.restore(sha, aside)
+        raise
     return Release(kept=kept, rows_deleted=rows, trashed=tuple(trashed))
 
 

@@ -91,6 +91,10 @@ class FileStore:
         os.replace(spool.path, final)
         return True
 
+    def place_all(self, spools: list[HashingSpool]) -> list[bool]:
+        """Place each spool in turn: a rename is quick."""
+        return [self.place(spool) for spool in spools]
+
     def discard(self, spool: HashingSpool) -> None:
         """Remove a spool that will not be placed."""
         spool.discard()
@@ -123,6 +127,19 @@ class FileStore:
             return None
         os.utime(aside)  # its age now says when it was trashed, for the sweeper's grace
         return str(aside)
+
+    def trash_all(self, shas: list[str]) -> list[str | None]:
+        """Trash each hash in turn (a rename is quick); all or nothing."""
+        done: list[str | None] = []
+        try:
+            for sha in shas:
+                done.append(self.trash(sha))
+        except BaseException:
+            for sha, aside in zip(shas, done, strict=False):
+                if aside is not None:
+                    self.restore(sha, aside)
+            raise
+        return done
 
     def restore(self, sha256: str, aside: str) -> None:
         """Put trashed bytes back; identical bytes placed meanwhile are simply replaced."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import boto3  # type: ignore[import-untyped]
@@ -41,6 +41,8 @@ _TRANSFER = TransferConfig(
 _SPOOLS_AT_ONCE = 8
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _STORED = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})")
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -98,11 +100,7 @@ class S3Store:
         """
         for spool in spools:
             spool.flush()
-        if len(spools) > 1:
-            with ThreadPoolExecutor(min(_SPOOLS_AT_ONCE, len(spools))) as pool:
-                list(pool.map(self._stage, spools))
-        elif spools:
-            self._stage(spools[0])
+        self._at_once(self._stage, spools)
 
     def _stage(self, spool: HashingSpool) -> None:
         if spool.staged is not None or self.exists(spool.sha256):
@@ -129,6 +127,10 @@ class S3Store:
             return True
         finally:
             self.discard(spool)
+
+    def place_all(self, spools: list[HashingSpool]) -> list[bool]:
+        """Place several spools at once: each is a few round trips, and the locks are held."""
+        return self._at_once(self.place, spools)
 
     def discard(self, spool: HashingSpool) -> None:
         """Remove a spool's local file and whatever :meth:`sync` staged of it."""
@@ -178,6 +180,19 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=final)
         return aside
 
+    def trash_all(self, shas: list[str]) -> list[str | None]:
+        """Set several hashes aside at once (each is a copy and a delete, under the locks);
+        all or nothing: when one fails, the others are put back before it raises."""
+        with ThreadPoolExecutor(max(1, min(_SPOOLS_AT_ONCE, len(shas)))) as pool:
+            futures = [pool.submit(self.trash, sha) for sha in shas]
+        failed = [error for f in futures if (error := f.exception()) is not None]
+        if failed:
+            for sha, future in zip(shas, futures, strict=True):
+                if future.exception() is None and (aside := future.result()) is not None:
+                    self.restore(sha, aside)
+            raise failed[0]
+        return [future.result() for future in futures]
+
     def restore(self, sha256: str, aside: str) -> None:
         """Put trashed bytes back; identical bytes placed meanwhile are simply replaced."""
         self._copy(self._in_trash(aside), self.key(self.relative_path(sha256)))
@@ -224,6 +239,13 @@ class S3Store:
                     self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
                     removed += 1
         return removed
+
+    def _at_once(self, call: Callable[[_In], _Out], items: list[_In]) -> list[_Out]:
+        """``call`` over ``items`` on up to eight threads (boto3 clients are thread-safe)."""
+        if len(items) < 2:
+            return [call(item) for item in items]
+        with ThreadPoolExecutor(min(_SPOOLS_AT_ONCE, len(items))) as pool:
+            return list(pool.map(call, items))
 
     def _listing(self, prefix: str) -> Iterator[dict[str, Any]]:
         pages = self.client.get_paginator("list_objects_v2").paginate(

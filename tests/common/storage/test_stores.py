@@ -133,6 +133,30 @@ def test_trash_sets_bytes_aside_until_emptied_or_restored(store: ObjectStore) ->
         store.empty(store.relative_path(sha))
 
 
+def test_trashing_many_is_all_or_nothing(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datas = [b"first", b"second", b"third"]
+    for data in datas:
+        _put(store, data)
+    shas = [hashlib.sha256(data).hexdigest() for data in datas]
+    real_trash = store.trash
+
+    def fail_on_the_second(sha: str) -> str | None:
+        if sha == shas[1]:
+            raise OSError("the store went away")
+        return real_trash(sha)
+
+    monkeypatch.setattr(store, "trash", fail_on_the_second)
+    with pytest.raises(OSError, match="went away"):
+        store.trash_all(shas)
+    assert all(store.exists(sha) for sha in shas), "what was set aside is back in place"
+    assert _remote_leftovers(store) == []
+    monkeypatch.setattr(store, "trash", real_trash)
+    asides = store.trash_all([*shas, "0" * 64])
+    assert asides[-1] is None and not any(store.exists(sha) for sha in shas)
+
+
 def test_stale_temporaries_go_and_fresh_ones_stay(store: ObjectStore) -> None:
     kept = _put(store, b"stored bytes are never temporaries")
     _put(store, b"trashed")
