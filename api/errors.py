@@ -9,6 +9,8 @@ from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from common.storage.base import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 _CODES = {
@@ -95,6 +97,13 @@ def register_error_handlers(app: Flask) -> None:
     def _database_down(error: OperationalError) -> Response:
         log.warning("database unavailable: %s", error.orig.__class__.__name__)
         response = error_response(503, "database_unavailable", "the database is unreachable")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_down(error: StoreUnavailable) -> Response:
+        log.warning("image store unavailable: %s", error)
+        response = error_response(503, "storage_unavailable", "the image store is unreachable")
         response.headers["Retry-After"] = "5"
         return response
 

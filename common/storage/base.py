@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 
+class StoreUnavailable(OSError):
+    """The store could not be reached, or refused a request: worth trying again later."""
+
+
 class HashingSpool:
     """A writable local temporary file that hashes what passes through it."""
 

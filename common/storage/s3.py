@@ -15,13 +15,14 @@ copy, not for an upload. S3 has no rename, so trash and restore are a copy and a
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import boto3  # type: ignore[import-untyped]
@@ -29,7 +30,7 @@ from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from common.storage.base import HashingSpool, StoredObject, relative_key
+from common.storage.base import HashingSpool, StoredObject, StoreUnavailable, relative_key
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,21 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _STORED = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})")
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
+_P = ParamSpec("_P")
+
+
+def _unavailable(method: Callable[_P, _Out]) -> Callable[_P, _Out]:
+    """Whatever S3 or the network says, beyond a missing key, reaches callers as one
+    exception they can answer (503) or retry: :class:`StoreUnavailable`."""
+
+    @functools.wraps(method)
+    def translated(*args: _P.args, **kwargs: _P.kwargs) -> _Out:
+        try:
+            return method(*args, **kwargs)
+        except (BotoCoreError, ClientError) as error:
+            raise _as_unavailable(error) from error
+
+    return translated
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -92,6 +108,7 @@ class S3Store:
         self.sync([spool])
         return spool
 
+    @_unavailable
     def sync(self, spools: list[HashingSpool]) -> None:
         """Stage finished spools in the bucket, several at once, before any lock is taken.
 
@@ -109,6 +126,7 @@ class S3Store:
         self.client.upload_file(str(spool.path), self.bucket, staged, Config=_TRANSFER)
         spool.staged = staged
 
+    @_unavailable
     def place(self, spool: HashingSpool) -> bool:
         """Put a synced spool in place under its hash; False when the bytes were there.
 
@@ -149,6 +167,7 @@ class S3Store:
         self.place(spool)
         return self.relative_path(spool.sha256)
 
+    @_unavailable
     def exists(self, sha256: str) -> bool:
         """Whether the bytes with this hash are in the bucket."""
         try:
@@ -159,6 +178,7 @@ class S3Store:
             raise
         return True
 
+    @_unavailable
     def remove(self, sha256: str) -> bool:
         """Delete stored bytes (under the blob's row lock); False when already absent."""
         if not self.exists(sha256):
@@ -166,6 +186,7 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(self.relative_path(sha256)))
         return True
 
+    @_unavailable
     def trash(self, sha256: str) -> str | None:
         """Copy stored bytes under ``trash/`` and delete them (under the blob's row lock), to
         be emptied once the deletion commits or put back if it does not; None when absent."""
@@ -193,15 +214,18 @@ class S3Store:
             raise failed[0]
         return [future.result() for future in futures]
 
+    @_unavailable
     def restore(self, sha256: str, aside: str) -> None:
         """Put trashed bytes back; identical bytes placed meanwhile are simply replaced."""
         self._copy(self._in_trash(aside), self.key(self.relative_path(sha256)))
         self.client.delete_object(Bucket=self.bucket, Key=aside)
 
+    @_unavailable
     def empty(self, aside: str) -> None:
         """Delete trashed bytes for good (idempotent)."""
         self.client.delete_object(Bucket=self.bucket, Key=self._in_trash(aside))
 
+    @_unavailable
     def read(self, relative: str) -> bytes:
         """The stored bytes; FileNotFoundError when there are none under that key."""
         try:
@@ -221,6 +245,7 @@ class S3Store:
             if match and match[3].startswith(match[1] + match[2]):
                 yield StoredObject(match[3], match[0], item["LastModified"].timestamp())
 
+    @_unavailable
     def remove_stale_temporaries(self, older_than: float) -> int:
         """Delete local spools, staged uploads and trashed bytes last written before
         ``older_than``: what a crashed upload left, or a deletion that committed and died
@@ -251,7 +276,7 @@ class S3Store:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         )
-        for page in pages:
+        for page in _pages(iter(pages)):
             yield from page.get("Contents", [])
 
     def _copy(self, source: str, target: str) -> None:
@@ -264,6 +289,25 @@ class S3Store:
         if not aside.startswith(self.key("trash/")):
             raise ValueError(f"{aside!r} is not in this store's trash")
         return aside
+
+
+def _pages(pages: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A listing's pages as they come (one at a time), its errors as StoreUnavailable."""
+    while True:
+        try:
+            page = next(pages)
+        except StopIteration:
+            return
+        except (BotoCoreError, ClientError) as error:
+            raise _as_unavailable(error) from error
+        yield page
+
+
+def _as_unavailable(error: Exception) -> StoreUnavailable:
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "?")
+        return StoreUnavailable(f"the S3 store answered {code}")
+    return StoreUnavailable(f"the S3 store is unreachable: {error}")
 
 
 def _not_found(error: ClientError) -> bool:

@@ -6,18 +6,24 @@ The S3 store runs against a private SeaweedFS (tests/support.py), never a mock.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from common.db.tables import Image
 from common.settings import Settings
 from common.storage import ObjectStore, open_store
 from common.storage.files import FileStore
 from common.storage.s3 import S3Store
-from tests.support import S3_BUCKET, STORES
+from tests.support import S3_BUCKET, STORES, free_port
 
 
 @pytest.fixture(params=STORES)
@@ -195,3 +201,24 @@ def test_settings_choose_the_store_by_url(tmp_path: Path) -> None:
             Settings(var_dir=tmp_path, storage_url=wrong)
     with pytest.raises(ValueError, match="different stores"):
         Settings(var_dir=tmp_path, storage_url=f"file://{tmp_path}/a", storage_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize("storage", ["s3"], indirect=True)
+def test_an_upload_to_an_unreachable_s3_store_is_503_and_records_nothing(
+    make_app: Callable[..., Flask],
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    app = make_app()
+    photo = [(io.BytesIO(fundus_jpeg()), "eye.jpg")]
+    response = app.test_client().post("/v1/batches", headers=auth, data={"images": photo})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "storage_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 0
+    assert list(app.extensions["retinaq"].store.spool_dir.iterdir()) == []
