@@ -197,7 +197,7 @@ def main(
     if pixel_budget is not None:
         overrides["decode_pixel_budget"] = pixel_budget
     if measure_folder is not None:
-        settings = Settings(storage_dir=measure_folder, **overrides)
+        settings = Settings(storage_url=measure_folder.resolve().as_uri(), **overrides)
         click.echo(json.dumps(measure(measure_folder, settings, rss_limit_mib)))
         return
     with tempfile.TemporaryDirectory(prefix="retinaq-decode-memory-") as scratch:

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     )
     storage_dir: Path | None = Field(
         default=None,
-        description="The file store's folder when storage_url is unset; default var_dir/images.",
+        description="The file store's folder when storage_url is unset (a URL wins); default "
+        "var_dir/images.",
     )
     spool_dir: Path | None = Field(
         default=None,
@@ -220,7 +221,10 @@ class Settings(BaseSettings):
         return self.model_path
 
     def _resolve_storage(self, var: Path) -> None:
-        """One storage URL, whichever variable named the store; refuse anything else early."""
+        """One storage URL, whichever variable named the store; refuse anything else early.
+
+        A URL wins over ``storage_dir``, which images set by default (/data/images), so a
+        deployment moves to S3 by setting the URL alone."""
         if not self.storage_url:
             folder = self.storage_dir if self.storage_dir is not None else var / "images"
             object.__setattr__(self, "storage_url", folder.resolve().as_uri())
@@ -228,17 +232,11 @@ class Settings(BaseSettings):
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise ValueError("RETINAQ_STORAGE_URL: write a folder as file:///absolute/path")
-            folder = Path(unquote(parts.path))
-            if self.storage_dir is not None and self.storage_dir.resolve() != folder:
-                raise ValueError(
-                    "RETINAQ_STORAGE_DIR and RETINAQ_STORAGE_URL name different stores"
-                )
-            object.__setattr__(self, "storage_dir", folder)
+            object.__setattr__(self, "storage_dir", Path(unquote(parts.path)))
         elif parts.scheme == "s3":
-            if not parts.netloc or self.storage_dir is not None:
-                raise ValueError(
-                    "RETINAQ_STORAGE_URL: write s3://bucket/prefix, without RETINAQ_STORAGE_DIR"
-                )
+            if not parts.netloc:
+                raise ValueError("RETINAQ_STORAGE_URL: write s3://bucket/prefix")
+            object.__setattr__(self, "storage_dir", None)
         else:
             raise ValueError("RETINAQ_STORAGE_URL must be file:///folder or s3://bucket/prefix")
         if self.spool_dir is None:

@@ -199,8 +199,13 @@ def test_settings_choose_the_store_by_url(tmp_path: Path) -> None:
     for wrong in ("gs://bucket", "file://relative/path", "s3:///no-bucket"):
         with pytest.raises(ValueError, match="RETINAQ_STORAGE_URL"):
             Settings(var_dir=tmp_path, storage_url=wrong)
-    with pytest.raises(ValueError, match="different stores"):
-        Settings(var_dir=tmp_path, storage_url=f"file://{tmp_path}/a", storage_dir=tmp_path / "b")
+    # A URL wins over the folder (which the container images set by default).
+    url = f"file://{tmp_path}/a"
+    assert Settings(var_dir=tmp_path, storage_url=url, storage_dir=tmp_path / "b").image_store == (
+        tmp_path / "a"
+    )
+    moved = Settings(var_dir=tmp_path, storage_url="s3://bucket", storage_dir=tmp_path / "b")
+    assert isinstance(open_store(moved), S3Store) and moved.storage_dir is None
 
 
 @pytest.mark.parametrize("storage", ["s3"], indirect=True)
