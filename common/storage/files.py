@@ -57,8 +57,12 @@ class FileStore:
     def spool_bytes(self, data: bytes) -> HashingSpool:
         """Small bytes made here (a heat map), spooled and made durable, ready to place."""
         spool = self.spool()
-        spool.write(data)
-        self.sync([spool])
+        try:
+            spool.write(data)
+            self.sync([spool])
+        except BaseException:
+            self.discard(spool)
+            raise
         return spool
 
     def sync(self, spools: list[HashingSpool]) -> None:

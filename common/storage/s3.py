@@ -104,8 +104,12 @@ class S3Store:
     def spool_bytes(self, data: bytes) -> HashingSpool:
         """Small bytes made here (a heat map), spooled and staged, ready to place."""
         spool = self.spool()
-        spool.write(data)
-        self.sync([spool])
+        try:
+            spool.write(data)
+            self.sync([spool])
+        except BaseException:
+            self.discard(spool)
+            raise
         return spool
 
     @_unavailable
