@@ -4,6 +4,10 @@ Runs on the production profile (PostgreSQL and Redis) in a scratch database and 
 
 1. ``offline``    a tight loop over the stored files: read, the worker's decode + quality
                   check + preprocess, model (:mod:`cli.bench.offline`).
+   ``decoding``   then, in a sampling pass of its own, one core's CPU milliseconds per
+                  image for decode, check and preprocess by photograph size, the images
+                  per second per core they allow, and the decoder cores the model's
+                  offline rate needs (:mod:`cli.bench.decoding`).
 2. ``ingest``     images/s accepted by the API (64 per request, 2 uploaders, gunicorn
                   with 2 workers) and the API's peak RSS.
 3. ``pipeline``   those images, drained by a worker started afterwards: first claim to
@@ -28,7 +32,8 @@ import click
 from rich.console import Console
 from sqlalchemy import make_url
 
-from cli.bench.data import make_inputs, scratch_database
+from cli.bench.data import make_inputs, parse_sizes, scratch_database
+from cli.bench.decoding import measure_decoding
 from cli.bench.offline import measure_offline
 from cli.bench.pipeline import measure_naive, measure_served
 from cli.bench.report import make_report, report_table, write_report
@@ -41,6 +46,13 @@ console = Console()
 @click.command("bench")
 @click.option("--n", "count", default=2000, show_default=True, help="Images per measurement.")
 @click.option("--arch", default="small", show_default=True, help="small or a Keras backbone.")
+@click.option(
+    "--sizes",
+    default="model",
+    show_default=True,
+    help="Photographs' WxH: model (a square twice the model's input), real (2124x2056, "
+    "3504x2336 and 4000x3000 in turn) or a list such as 2124x2056,4000x3000.",
+)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--naive-n", default=300, show_default=True, help="Images for the batch-1 run.")
 @click.option("--poll-rows", default=100_000, show_default=True)
@@ -62,6 +74,7 @@ console = Console()
 def bench(
     count: int,
     arch: str,
+    sizes: str,
     batch_size: int,
     naive_n: int,
     poll_rows: int,
@@ -71,6 +84,7 @@ def bench(
     out: Path,
 ) -> None:
     """Measure offline, pipeline, naive, end-to-end, ingest and poll figures in one run."""
+    photograph_sizes = parse_sizes(sizes)
     require_extra("worker")
     from worker.ml.model import configure_devices
 
@@ -78,7 +92,7 @@ def bench(
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="retinaq-bench-") as tmp:
         work = Path(tmp)
         database_url = stack.enter_context(scratch_database(server_url))
-        inputs = make_inputs(arch, count, naive_n, work)
+        inputs = make_inputs(arch, count, naive_n, work, photograph_sizes)
         servers = open_servers(
             stack,
             database_url,
@@ -90,10 +104,12 @@ def bench(
         )
         console.print("offline: tight loop …")
         offline = measure_offline(inputs.model_path, inputs.main, batch_size)
+        console.print("decoding: CPU time per image by size …")
+        decoding = measure_decoding(inputs.model_path, inputs.main, offline)
         served = measure_served(servers, inputs.main, inputs.end_to_end, poll_rows, poll_seconds)
         naive = measure_naive(servers, inputs.naive)
     name = str(make_url(database_url).database)
-    report = make_report(arch, batch_size, devices, name, offline, served, naive)
+    report = make_report(arch, batch_size, devices, name, offline, decoding, served, naive)
     write_report(report, out)
     console.print(report_table(report))
     console.print(f"written to {out}")

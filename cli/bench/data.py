@@ -46,12 +46,47 @@ def scratch_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def make_inputs(arch: str, count: int, naive_count: int, work: Path) -> Inputs:
-    """The model for ``arch`` and ``2 * count + naive_count`` photographs under ``work``."""
+REAL_SIZES = ((2124, 2056), (3504, 2336), (4000, 3000))
+"""``--sizes real``: camera photographs of 4.4, 8.2 and 12 megapixels, in turn."""
+# Distinct photographs drawn per size: drawing one takes 0.1 s at 512 px but 2-3 s at
+# 12 megapixels, so large ones are few and their copies made unique by a trailing index.
+DISTINCT_SMALL = 64
+DISTINCT_LARGE = 4
+LARGE_PIXELS = 1_000_000
+
+Size = tuple[int, int]  # width, height
+
+
+def parse_sizes(value: str) -> list[Size] | None:
+    """``--sizes``: None for ``model`` (a square twice the model's input), the camera mix
+    for ``real``, or the listed ``WxH[,WxH…]``."""
+    if value == "model":
+        return None
+    if value == "real":
+        return list(REAL_SIZES)
+    sizes = []
+    for item in value.split(","):
+        width, _, height = item.strip().lower().partition("x")
+        if not (width.isdigit() and height.isdigit()) or min(int(width), int(height)) < 64:
+            raise click.BadParameter(
+                f"{item!r}: sizes are model, real or WxH[,WxH…] of at least 64 px a side"
+            )
+        sizes.append((int(width), int(height)))
+    return sizes
+
+
+def make_inputs(
+    arch: str, count: int, naive_count: int, work: Path, sizes: list[Size] | None = None
+) -> Inputs:
+    """The model for ``arch`` and ``2 * count + naive_count`` photographs under ``work``,
+    at ``sizes`` in turn (by default a square twice the model's input)."""
     model_path = prepare_model(arch, work / "model")
-    size = photograph_size(arch, model_path)
-    console.print(f"writing {count} + {naive_count} images of {size} px …")
-    files = write_images(work / "images", count * 2 + naive_count, size)
+    if sizes is None:
+        side = photograph_size(arch, model_path)
+        sizes = [(side, side)]
+    names = ", ".join(f"{width}x{height}" for width, height in sizes)
+    console.print(f"writing {count} + {count} + {naive_count} images of {names} px …")
+    files = write_images(work / "images", count * 2 + naive_count, sizes)
     return Inputs(model_path, files[:count], files[count : 2 * count], files[2 * count :])
 
 
@@ -62,19 +97,44 @@ def photograph_size(arch: str, model_path: Path) -> int:
     return 2 * int(json.loads((model_path.parent / "manifest.json").read_text())["input_size"])
 
 
-def write_images(folder: Path, count: int, size: int) -> list[Path]:
-    """``count`` distinct JPEG files: 64 synthetic photographs, each copy made unique by a
-    trailing index after the end-of-image marker (decoders ignore it, hashes differ)."""
-    from lab.synthetic import encode_image, generate_fundus
-
+def write_images(folder: Path, count: int, sizes: list[Size]) -> list[Path]:
+    """``count`` distinct JPEG files, one size after another: a few synthetic photographs
+    per size, each copy made unique by a trailing index after the end-of-image marker
+    (decoders ignore it, hashes differ)."""
     folder.mkdir(parents=True, exist_ok=True)
-    pool = [encode_image(generate_fundus(i % 5, 7000 + i, size)) for i in range(min(64, count))]
+    pools = [
+        draw_photographs(size, position, -(-count // len(sizes)))
+        for position, size in enumerate(sizes)
+    ]
     paths = []
     for index in range(count):
+        pool = pools[index % len(sizes)]
         path = folder / f"bench-{index:06d}.jpg"
-        path.write_bytes(pool[index % len(pool)] + index.to_bytes(8, "big"))
+        path.write_bytes(pool[index // len(sizes) % len(pool)] + index.to_bytes(8, "big"))
         paths.append(path)
     return paths
+
+
+def draw_photographs(size: Size, position: int, needed: int) -> list[bytes]:
+    """Distinct JPEGs (quality 90) of one size, as a camera frames them: the round field
+    of view as tall as the picture, centred, and black beside it."""
+    from PIL import Image
+
+    from lab.synthetic import encode_image, generate_fundus
+
+    width, height = size
+    distinct = DISTINCT_SMALL if width * height <= LARGE_PIXELS else DISTINCT_LARGE
+    side = min(size)
+    pool = []
+    for i in range(min(distinct, needed)):
+        seed = 7000 + 1000 * position + i
+        fundus = generate_fundus(i % 5, seed, side)
+        if size != (side, side):
+            frame = Image.new("RGB", size)
+            frame.paste(fundus, ((width - side) // 2, (height - side) // 2))
+            fundus = frame
+        pool.append(encode_image(fundus))
+    return pool
 
 
 def prepare_model(arch: str, folder: Path) -> Path:

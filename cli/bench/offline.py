@@ -27,6 +27,7 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> Off
     settings = Settings()
     thresholds = model.manifest.serving_quality_thresholds(settings.quality_thresholds)
     stages = {"read": 0.0, "decode_preprocess": 0.0, "infer": 0.0}
+    gradable_images = 0
     started = time.perf_counter()
     for start in range(0, len(files), batch_size):
         clock = time.perf_counter()
@@ -41,6 +42,7 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> Off
         ]
         gradable = [image.pixels for image in prepared if image.pixels is not None]
         stages["decode_preprocess"] += time.perf_counter() - clock
+        gradable_images += len(gradable)
         if not gradable:
             continue
         clock = time.perf_counter()
@@ -48,5 +50,8 @@ def measure_offline(model_path: Path, files: list[Path], batch_size: int) -> Off
         stages["infer"] += time.perf_counter() - clock
     elapsed = time.perf_counter() - started
     return Offline.measured(
-        len(files), elapsed, stages_s={k: round(v, 3) for k, v in stages.items()}
+        len(files),
+        elapsed,
+        stages_s={k: round(v, 3) for k, v in stages.items()},
+        gradable=gradable_images,
     )

@@ -35,6 +35,57 @@ class Offline(Throughput):
     """The ceiling: the worker's per-image work in one tight loop, by stage."""
 
     stages_s: dict[str, float]
+    gradable: int  # images the quality check passed to the model
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """One core's CPU milliseconds per image of one size, by part of ``prepare_image``,
+    and the images per second one core can therefore decode, and prepare."""
+
+    size: str  # WxH, or "mix" for the run's files as a whole
+    share: float  # of the run's files
+    samples: int
+    decode_ms: float
+    check_ms: float
+    preprocess_ms: float
+    decode_per_core: float  # the decode-bound ceiling, images/s
+    prepare_per_core: float  # decode, check and preprocess: a decoder thread's whole work
+
+    @classmethod
+    def measured(
+        cls,
+        size: str,
+        share: float,
+        samples: int,
+        decode_ms: float,
+        check_ms: float,
+        preprocess_ms: float,
+    ) -> Self:
+        """Milliseconds to a hundredth, and the ceilings those rounded figures give (to a
+        tenth of an image per second), so the JSON agrees with itself."""
+        decode, check, preprocess = (round(ms, 2) for ms in (decode_ms, check_ms, preprocess_ms))
+        return cls(
+            size,
+            round(share, 3),
+            samples,
+            decode,
+            check,
+            preprocess,
+            per_core_ceiling(decode),
+            per_core_ceiling(decode + check + preprocess),
+        )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decode cost by photograph size and for the run's mix, and the decoder cores that
+    would keep this run's model busy."""
+
+    sizes: list[DecodeCost]
+    mix: DecodeCost
+    model_images_per_s: float  # the offline loop's images through the model / its infer s
+    cores_to_feed_model: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +153,7 @@ class Report:
     tensorflow_devices: list[str]
     scratch_database: str  # so a caller can check that this run's database was dropped
     offline: Offline
+    decoding: Decoding
     ingest: Ingest
     pipeline: PipelineDrain
     end_to_end: Throughput
@@ -116,6 +168,7 @@ def make_report(
     devices: list[str],
     scratch_database: str,
     offline: Offline,
+    decoding: Decoding,
     served: Served,
     naive: Drain,
 ) -> Report:
@@ -128,6 +181,7 @@ def make_report(
         tensorflow_devices=devices,
         scratch_database=scratch_database,
         offline=offline,
+        decoding=decoding,
         ingest=served.ingest,
         pipeline=served.pipeline,
         end_to_end=served.end_to_end,
@@ -135,6 +189,38 @@ def make_report(
         naive=naive,
         ratios=ratios(offline, served.pipeline, naive, served.ingest, served.end_to_end),
     )
+
+
+def per_core_ceiling(ms_per_image: float) -> float:
+    """Images per second one core sustains at ``ms_per_image`` of CPU each."""
+    return round(1000 / ms_per_image, 1) if ms_per_image > 0 else 0.0
+
+
+def cores_per_gpu(gpu_images_per_s: float, per_core: float) -> float:
+    """Cores whose decoding keeps a device grading ``gpu_images_per_s`` busy."""
+    return round(gpu_images_per_s / per_core, 2) if per_core > 0 else 0.0
+
+
+def mix_cost(sizes: list[DecodeCost]) -> DecodeCost:
+    """The run's files as a whole: each size's milliseconds weighted by its share, so the
+    ceiling is that of the average image (not the average of the ceilings)."""
+    total = sum(cost.share for cost in sizes)
+    return DecodeCost.measured(
+        "mix",
+        total,
+        sum(cost.samples for cost in sizes),
+        sum(cost.share * cost.decode_ms for cost in sizes) / total,
+        sum(cost.share * cost.check_ms for cost in sizes) / total,
+        sum(cost.share * cost.preprocess_ms for cost in sizes) / total,
+    )
+
+
+def make_decoding(sizes: list[DecodeCost], offline: Offline) -> Decoding:
+    """The sizes, their mix, and the decoder cores the offline loop's model rate needs."""
+    mix = mix_cost(sizes)
+    infer_s = offline.stages_s.get("infer", 0.0)
+    model_rate = round(offline.gradable / infer_s, 2) if infer_s > 0 else 0.0
+    return Decoding(sizes, mix, model_rate, cores_per_gpu(model_rate, mix.prepare_per_core))
 
 
 def ratios(
@@ -186,6 +272,24 @@ def report_table(report: Report) -> Table:
     )
     for name, value in asdict(report.ratios).items():
         table.add_row(name, "", "", str(value), "")
+    decoding = report.decoding
+    costs = decoding.sizes + ([decoding.mix] if len(decoding.sizes) > 1 else [])
+    for cost in costs:
+        table.add_row(
+            f"decode {cost.size}",
+            str(cost.samples),
+            "",
+            f"{cost.decode_per_core} / core",
+            f"decode {cost.decode_ms} + check {cost.check_ms} + preprocess "
+            f"{cost.preprocess_ms} ms: {cost.prepare_per_core} img/s per core prepared",
+        )
+    table.add_row(
+        "decoder cores",
+        "",
+        "",
+        str(decoding.cores_to_feed_model),
+        f"to keep the model fed at its offline {decoding.model_images_per_s} img/s",
+    )
     return table
 
 
