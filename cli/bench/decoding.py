@@ -12,15 +12,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from cli.bench.report import DecodeCost, Decoding, Offline, make_decoding
-from common.imaging.gradability import assess_quality
-from common.imaging.preprocessing import FundusPreprocessing
-from common.modelling.manifest import read_manifest
-from common.screening.quality import QualityThresholds
 from common.settings import Settings
+
+if TYPE_CHECKING:
+    from common.imaging.preprocessing import FundusPreprocessing
+    from common.screening.quality import QualityThresholds
 
 SAMPLES_PER_SIZE = 32
 
@@ -30,6 +29,8 @@ def measure_decoding(
 ) -> Decoding:
     """Mean CPU milliseconds per part over up to ``samples`` files of each size in
     ``files``, that size's share of them, and the ceilings per core."""
+    from common.modelling.manifest import read_manifest
+
     manifest = read_manifest(model_path)
     preprocessor = manifest.preprocessor
     settings = Settings()
@@ -51,6 +52,8 @@ def measure_decoding(
 
 def files_by_size(files: list[Path]) -> dict[str, list[Path]]:
     """The files grouped by their pictures' WxH, read from the headers alone."""
+    from PIL import Image
+
     groups: dict[str, list[Path]] = defaultdict(list)
     for path in files:
         with Image.open(path) as image:
@@ -67,6 +70,8 @@ def time_parts(
 ) -> tuple[float, float, float]:
     """CPU seconds of decode, check and preprocess for one image; preprocess is 0 for an
     image the check refuses, which ``prepare_image`` does not preprocess either."""
+    from common.imaging.gradability import assess_quality
+
     started = time.thread_time()
     image = preprocessor.decode(data, max_pixels=max_pixels)
     decoded = time.thread_time()
