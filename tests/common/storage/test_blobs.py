@@ -40,9 +40,10 @@ HOUR = 3600.0
 
 
 # Bytes written before a pause of SETTLE_S are older than GRACE_S, those after it younger:
-# S3 cannot backdate an object, so the tests that run on both stores wait instead.
-GRACE_S = 2.0
-SETTLE_S = 3.0
+# S3 cannot backdate an object, so the tests that run on both stores wait instead. S3 times
+# are whole seconds, so the sweep has GRACE_S - 1 seconds to start after the young bytes.
+GRACE_S = 3.0
+SETTLE_S = 4.5
 on_both_stores = pytest.mark.parametrize("storage", STORES, indirect=True)
 
 
