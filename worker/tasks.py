@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from celery.exceptions import Reject
 
 from common.queue import GRADE_IMAGES_TASK, HEATMAP_TASK
+from common.storage.base import StoreUnavailable
 from worker.celery_app import app
 from worker.db_retry import DatabaseUnavailable
 
@@ -38,6 +39,11 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
         report = grade_images(runtime, [uuid.UUID(i) for i in image_ids])
     except DatabaseUnavailable as error:
         log.error("database unavailable; returning %d image id(s) to the queue", len(image_ids))
+        raise Reject(str(error), requeue=True) from error
+    except StoreUnavailable as error:
+        # The images are fine and stay claimed: their leases lapse and the reconciler sends
+        # them again, so an outage of the store costs attempts, never a wrong "failed".
+        log.error("image store unavailable; returning %d image id(s) to the queue", len(image_ids))
         raise Reject(str(error), requeue=True) from error
     log.info(
         "graded=%d ungradable=%d failed=%d skipped=%d fenced_out=%d inferred=%d timings_ms=%s",

@@ -26,6 +26,7 @@ from common.lifecycle.claims import Claim, claim_images, claim_queued
 from common.lifecycle.progress import mark_batches_processing, record_batch_model
 from common.screening.outcome import ImageOutcome, interpret_probabilities
 from common.screening.quality import QualityReport
+from common.storage.base import StoreUnavailable
 from worker.db_retry import with_db_retry
 from worker.grading.lease_keeper import LeaseKeeper
 from worker.grading.recording import known_outcomes, record_outcomes
@@ -223,6 +224,8 @@ def prepare_claim(runtime: WorkerRuntime, claim: Claim) -> PreparedImage | Image
             max_pixels=settings.max_image_pixels,
             budget=runtime.pixel_budget,
         )
+    except StoreUnavailable:
+        raise  # the store, not the image: the whole task is tried again later
     except FileNotFoundError:
         return ImageDecodeError("missing_file", "the stored image file is missing")
     except ImageDecodeError as error:

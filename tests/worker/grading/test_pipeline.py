@@ -17,6 +17,7 @@ from common.db.tables import Batch, BatchState, Image, ImageState, Result, utcno
 from common.lifecycle.claims import claim_images
 from common.modelling.manifest import read_manifest
 from common.settings import Settings
+from common.storage.base import StoreUnavailable
 from worker.grading.pipeline import grade_claimed, grade_images
 from worker.runtime import WorkerRuntime
 
@@ -129,6 +130,29 @@ def test_missing_file_and_exhausted_attempts_fail_with_reasons(
     assert states[ids[0]] == (ImageState.FAILED, "missing_file")
     assert states[ids[1]] == (ImageState.FAILED, "too_many_attempts")
     assert batch_state == BatchState.COMPLETED_WITH_ERRORS
+
+
+def test_an_unreachable_store_fails_no_image_and_leaves_them_to_be_retried(
+    runtime: WorkerRuntime,
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, ids = submit([(fundus_jpeg(seed=i), f"{i}.jpg") for i in range(2)])
+
+    def unreachable(relative: str) -> bytes:
+        raise StoreUnavailable("the image store could not be reached")
+
+    monkeypatch.setattr(runtime.store, "read", unreachable)
+    with pytest.raises(StoreUnavailable):
+        grade_images(runtime, ids)
+    with sessions() as session:
+        states = {(i.state, i.error_code) for i in session.scalars(select(Image))}
+        results = session.scalar(select(func.count()).select_from(Result))
+    # Still claimed, under a lease that will lapse: nothing recorded as failed or graded.
+    assert states == {(ImageState.PROCESSING, None)}
+    assert results == 0
 
 
 def test_open_batch_completes_only_after_close(
