@@ -541,15 +541,22 @@ def test_a_body_that_goes_silent_frees_its_thread(
         "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
         '--b\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\n'
     ).encode()
-    with socket.create_connection(("127.0.0.1", served.port), timeout=15) as stalled:
-        stalled.sendall(head + b"x" * 1000)  # then nothing more
-        started = time.monotonic()
-        answer = b""
-        while chunk := stalled.recv(65536):
-            answer += chunk
-        waited = time.monotonic() - started
-        # The one thread is free again for everyone else.
-        assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=15) as stalled:
+            stalled.sendall(head + b"x" * 1000)  # then nothing more
+            started = time.monotonic()
+            answer = b""
+            while chunk := stalled.recv(65536):
+                answer += chunk
+            waited = time.monotonic() - started
+            # The one thread is free again for everyone else.
+            assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
+        # The opening request's body slot is freed by the event loop after its answer went
+        # out, so on a loaded machine the next upload can meet 503 server_busy first: a
+        # client retries that, and so does this test.
+        if not answer.startswith(b"HTTP/1.1 503"):
+            break
+        time.sleep(0.2)
     assert 1.5 < waited < 10, waited
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "body_timeout"
