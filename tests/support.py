@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from sqlalchemy import create_engine, make_url, text
 
@@ -61,6 +62,45 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextmanager
+def running_stack(
+    commands: dict[str, tuple[list[str], Path]],
+    env: dict[str, str],
+    log_dir: Path,
+    ready_url: str,
+) -> Iterator[None]:
+    """Start each named command (argv, working directory) as a process logging to
+    ``log_dir/<name>.log``; wait until ``ready_url`` answers 200 while all of them live; stop
+    them all (SIGTERM, then SIGKILL after 30 s), whatever happens."""
+    logs = {name: (log_dir / f"{name}.log").open("wb") for name in commands}
+    processes = {
+        name: subprocess.Popen(argv, env=env, cwd=cwd, stdout=logs[name], stderr=subprocess.STDOUT)
+        for name, (argv, cwd) in commands.items()
+    }
+
+    def ready() -> bool:
+        for name, process in processes.items():
+            assert process.poll() is None, (log_dir / f"{name}.log").read_text()
+        try:
+            return httpx.get(ready_url, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, 60, f"{', '.join(commands)} to become ready", interval=0.3)
+        yield
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for handle in logs.values():
+            handle.close()
 
 
 def wait_for_port(port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from common.modelling.manifest import read_manifest
-from tests.support import REPO_ROOT, free_port, wait_for
+from tests.support import REPO_ROOT, free_port, running_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def live_stack(
         "RETINAQ_BROKER_URL": redis_url,
         "RETINAQ_STORAGE_DIR": str(var / "images"),
         "RETINAQ_QUEUE_NAME": queue_name,
-        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_HEATMAP_QUEUE_NAME": f"{queue_name}.explain",
         "RETINAQ_MODEL_PATH": str(bundled_model_path),
         "RETINAQ_GRADING_BATCH_SIZE": "8",
         "RETINAQ_TASK_SIZE": "8",
@@ -48,39 +48,18 @@ def live_stack(
     }
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    logs = {name: (var / f"{name}.log").open("wb") for name in ("api", "worker")}
-    argv = {
-        "api": [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "2"],
-        "worker": [sys.executable, "-m", "cli", "worker", "--hostname", f"e2e-{port}@%h"],
+    commands = {
+        "api": (
+            [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "2"],
+            REPO_ROOT,
+        ),
+        "worker": (
+            [sys.executable, "-m", "cli", "worker", "--hostname", f"e2e-{port}@%h"],
+            REPO_ROOT,
+        ),
     }
-    processes = {
-        name: subprocess.Popen(
-            command, env=env, cwd=REPO_ROOT, stdout=logs[name], stderr=subprocess.STDOUT
-        )
-        for name, command in argv.items()
-    }
-
-    def ready() -> bool:
-        for name, process in processes.items():
-            assert process.poll() is None, (var / f"{name}.log").read_text()
-        try:
-            return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(ready, 60, "the API to become ready", interval=0.3)
+    with running_stack(commands, env, var, f"{base_url}/readyz"):
         yield base_url
-    finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for handle in logs.values():
-            handle.close()
 
 
 def _wait_finished(http: httpx.Client, status_url: str, timeout: float = 180) -> dict:

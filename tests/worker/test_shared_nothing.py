@@ -6,7 +6,6 @@ SeaweedFS), grade a batch with heat maps. Nothing reads a path the API wrote.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -19,7 +18,7 @@ import pytest
 
 from common.settings import Settings
 from common.storage import open_store
-from tests.support import S3_BUCKET, free_port, stored_files, temporaries, wait_for
+from tests.support import S3_BUCKET, free_port, running_stack, stored_files, temporaries, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,39 +70,18 @@ def nodes(
     )
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    argv = {
-        api_dir: [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "1"],
-        worker_dir: [sys.executable, "-m", "cli", "worker", "--hostname", f"node-{port}@%h"],
+    commands = {
+        "api-node": (
+            [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", "1"],
+            api_dir,
+        ),
+        "worker-node": (
+            [sys.executable, "-m", "cli", "worker", "--hostname", f"node-{port}@%h"],
+            worker_dir,
+        ),
     }
-    logs = {folder: (root / f"{folder.name}.log").open("wb") for folder in argv}
-    processes = {
-        folder: subprocess.Popen(
-            command, env=env, cwd=folder, stdout=logs[folder], stderr=subprocess.STDOUT
-        )
-        for folder, command in argv.items()
-    }
-
-    def ready() -> bool:
-        for folder, process in processes.items():
-            assert process.poll() is None, (root / f"{folder.name}.log").read_text()
-        try:
-            return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(ready, 60, "the API node to become ready", interval=0.3)
+    with running_stack(commands, env, root, f"{base_url}/readyz"):
         yield Nodes(base_url, storage_url, api_dir, worker_dir)
-    finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for handle in logs.values():
-            handle.close()
 
 
 def _wait_finished(http: httpx.Client, status_url: str, timeout: float = 180) -> dict:

@@ -95,7 +95,7 @@ def _environment(var: Path, database_url: str, redis_url: str, queue_name: str) 
         "RETINAQ_BROKER_URL": redis_url,
         "RETINAQ_STORAGE_DIR": str(var / "images"),
         "RETINAQ_QUEUE_NAME": queue_name,
-        "RETINAQ_EXPLAIN_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_HEATMAP_QUEUE_NAME": f"{queue_name}.explain",
         "RETINAQ_SECRET_KEY": "serving-test-secret-key-for-cursors",
         "PYTHONUNBUFFERED": "1",
     }
