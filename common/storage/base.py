@@ -105,17 +105,27 @@ class ObjectStore(Protocol):
         """The local folder uploads are spooled into."""
         ...
 
+    # Both backends subclass this protocol and share the three methods below.
+
     def relative_path(self, sha256: str) -> str:
         """The key under which these bytes are stored, as image rows record it."""
-        ...
+        return relative_key(sha256)
 
     def spool(self) -> HashingSpool:
         """A new local temporary file to stream an upload into."""
-        ...
+        return HashingSpool(self.spool_dir)
 
     def spool_bytes(self, data: bytes) -> HashingSpool:
-        """Small bytes made here (a heat map), spooled and synced, ready to place."""
-        ...
+        """Small bytes made here (a heat map), spooled and synced, ready to place; nothing is
+        left behind when syncing fails."""
+        spool = self.spool()
+        try:
+            spool.write(data)
+            self.sync([spool])
+        except BaseException:
+            self.discard(spool)
+            raise
+        return spool
 
     def sync(self, spools: list[HashingSpool]) -> None:
         """Make finished spools durable, the slow part, before the caller takes any lock."""

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common.storage.base import HashingSpool, StoredObject, relative_key
+from common.storage.base import HashingSpool, ObjectStore, StoredObject
 
 __all__ = ["FileStore", "HashingSpool", "StoredObject"]
 
 
-class FileStore:
+class FileStore(ObjectStore):
     """A directory of immutable files named by their SHA-256 (an :class:`ObjectStore`).
 
     Putting bytes in place and removing them are only safe under the blob's row lock
@@ -39,31 +39,12 @@ class FileStore:
         """Spools live inside the store, so placing one is a rename on the same file system."""
         return self.tmp_dir
 
-    def relative_path(self, sha256: str) -> str:
-        """Fan out over two directory levels so no directory grows huge."""
-        return relative_key(sha256)
-
     def path_for(self, relative: str) -> Path:
         """Absolute path of a stored object, refusing anything that escapes the store."""
         path = (self.root / relative).resolve()
         if self.root.resolve() not in path.parents:
             raise ValueError(f"storage path {relative!r} escapes the store")
         return path
-
-    def spool(self) -> HashingSpool:
-        """A new temporary file to stream an upload into."""
-        return HashingSpool(self.tmp_dir)
-
-    def spool_bytes(self, data: bytes) -> HashingSpool:
-        """Small bytes made here (a heat map), spooled and made durable, ready to place."""
-        spool = self.spool()
-        try:
-            spool.write(data)
-            self.sync([spool])
-        except BaseException:
-            self.discard(spool)
-            raise
-        return spool
 
     def sync(self, spools: list[HashingSpool]) -> None:
         """Make finished spools durable before anything refers to them.

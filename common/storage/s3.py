@@ -30,7 +30,12 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.storage.base import HashingSpool, StoredObject, StoreUnavailable, relative_key
+from common.storage.base import (
+    HashingSpool,
+    ObjectStore,
+    StoredObject,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-class S3Store:
+class S3Store(ObjectStore):
     """A bucket (and prefix) of immutable objects named by their SHA-256 (an ObjectStore).
 
     Putting bytes in place and removing them are only safe under the blob's row lock
@@ -89,28 +94,9 @@ class S3Store:
         """The local folder uploads are spooled into before they are sent."""
         return self._spool_dir
 
-    def relative_path(self, sha256: str) -> str:
-        """The key under the prefix, fanned out as the file backend's folders are."""
-        return relative_key(sha256)
-
     def key(self, relative: str) -> str:
         """The full object key of a key relative to the prefix."""
         return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def spool(self) -> HashingSpool:
-        """A new local temporary file to stream an upload into."""
-        return HashingSpool(self._spool_dir)
-
-    def spool_bytes(self, data: bytes) -> HashingSpool:
-        """Small bytes made here (a heat map), spooled and staged, ready to place."""
-        spool = self.spool()
-        try:
-            spool.write(data)
-            self.sync([spool])
-        except BaseException:
-            self.discard(spool)
-            raise
-        return spool
 
     @_unavailable
     def sync(self, spools: list[HashingSpool]) -> None:
