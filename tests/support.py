@@ -103,6 +103,23 @@ def running_stack(
             handle.close()
 
 
+def wait_batch_finished(
+    http: httpx.Client, status_url: str, timeout: float = 180
+) -> dict[str, Any]:
+    """Poll a batch's status URL as a client should (honouring ``Retry-After``) until the
+    batch is finished; its last status, which carries no ``Retry-After``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = http.get(status_url)
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        if body["state"] in ("completed", "completed_with_errors"):
+            assert "Retry-After" not in response.headers
+            return body
+        assert time.monotonic() < deadline, f"batch still {body['state']}: {body['counts']}"
+        time.sleep(float(response.headers["Retry-After"]))
+
+
 def wait_for_port(port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
     """Wait until something listens on ``host:port``."""
     wait_for(lambda: port_open(port, host), timeout, what)

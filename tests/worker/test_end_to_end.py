@@ -7,7 +7,6 @@ import csv
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from common.modelling.manifest import read_manifest
-from tests.support import REPO_ROOT, free_port, running_stack, wait_for
+from tests.support import REPO_ROOT, free_port, running_stack, wait_batch_finished, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,19 +61,6 @@ def live_stack(
         yield base_url
 
 
-def _wait_finished(http: httpx.Client, status_url: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = http.get(status_url)
-        assert response.status_code == 200
-        body = response.json()
-        if body["state"] in ("completed", "completed_with_errors"):
-            assert "Retry-After" not in response.headers
-            return body
-        assert time.monotonic() < deadline, f"batch still {body['state']}: {body['counts']}"
-        time.sleep(float(response.headers["Retry-After"]))
-
-
 def test_http_submission_is_graded_by_the_worker_with_the_bundled_model(
     live_stack: str,
     make_programme: Callable[[str], dict[str, str]],
@@ -91,7 +77,7 @@ def test_http_submission_is_graded_by_the_worker_with_the_bundled_model(
         assert response.status_code == 202, response.text
         status_url = response.headers["Location"]
         assert status_url.startswith(live_stack)
-        status = _wait_finished(http, status_url)
+        status = wait_batch_finished(http, status_url)
         assert status["state"] == "completed"
         assert status["counts"]["graded"] == 20
         assert sum(status["grades"].values()) == 20
@@ -116,7 +102,7 @@ def test_a_batch_that_asks_for_explanations_gets_heat_maps_from_the_worker(
     with httpx.Client(base_url=live_stack, headers=headers, timeout=60) as http:
         response = http.post("/v1/batches", files=files, data={"explain": "true"})
         assert response.status_code == 202, response.text
-        status = _wait_finished(http, response.headers["Location"])
+        status = wait_batch_finished(http, response.headers["Location"])
         assert status["explain"] is True and status["model"]["name"]
 
         def results() -> list[dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,15 @@ import pytest
 
 from common.settings import Settings
 from common.storage import open_store
-from tests.support import S3_BUCKET, free_port, running_stack, stored_files, temporaries, wait_for
+from tests.support import (
+    S3_BUCKET,
+    free_port,
+    running_stack,
+    stored_files,
+    temporaries,
+    wait_batch_finished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -84,16 +91,6 @@ def nodes(
         yield Nodes(base_url, storage_url, api_dir, worker_dir)
 
 
-def _wait_finished(http: httpx.Client, status_url: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = http.get(status_url).json()
-        if body["state"] in ("completed", "completed_with_errors"):
-            return body
-        assert time.monotonic() < deadline, f"batch still {body['state']}: {body['counts']}"
-        time.sleep(1)
-
-
 def _files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -110,7 +107,7 @@ def test_a_worker_sharing_no_disk_with_the_api_grades_and_draws_heat_maps(
     with httpx.Client(base_url=nodes.base_url, headers=headers, timeout=60) as http:
         response = http.post("/v1/batches", files=files, data={"explain": "true"})
         assert response.status_code == 202, response.text
-        status = _wait_finished(http, response.headers["Location"])
+        status = wait_batch_finished(http, response.headers["Location"])
         assert (status["state"], status["counts"]["graded"]) == ("completed", 3)
 
         def results() -> list[dict]:
