@@ -1,29 +1,43 @@
 """Recovery without the broker: the database says what still needs grading.
 
 Each pass re-sends grading tasks for images that are ``queued`` but whose last send is
-older than ``requeue_after_s`` (a wiped Redis, a publish that failed after the API's
-commit) and for images whose ``processing`` lease has expired: a live worker renews its
-leases while it works (:mod:`worker.grading.lease_keeper`), so only a dead one's run out
-(a worker killed with ``kill -9``), and a pass every ``reconcile_interval_s`` hands them
-back soon after. It also asks again, for a day, for heat maps that were asked for but
-never came (a heat-map task the broker lost), and drops expired idempotency keys. Once per
-``sweep_grace_s`` it also sweeps the store for bytes that nothing names
-(:mod:`common.storage.blobs`). Duplicate sends are harmless: a claim only takes pending
-images, the attempt number fences out a superseded claim, and a heat map is made once.
-Images out of attempts become ``failed``.
+older than ``requeue_after_s`` (a publish that failed after the API's commit) and for images
+whose ``processing`` lease has expired: a live worker renews its leases while it works
+(:mod:`worker.grading.lease_keeper`), so only a dead one's run out (a worker killed with
+``kill -9``), and a pass every ``reconcile_interval_s`` hands them back soon after.
+
+A broker that lost its data (Redis restarted without persistence, flushed, or failed over
+to an empty replica) is noticed at once rather than after ``requeue_after_s``: each pass
+first looks for the marker the reconciler keeps in the broker
+(:mod:`common.lifecycle.broker_marker`). When it is missing, the pass creates it, logs a
+WARNING, and re-sends *every* queued image, whatever its ``enqueued_at``: the next pass
+after a wipe, so within about one ``reconcile_interval_s``. More than ``SCAN_LIMIT`` queued
+images go over consecutive passes, in id order; how far the re-send has got is kept in the
+marker itself, so it survives a reconciler restart and starts over after a second wipe.
+Enough tasks are sent for every queued image, so recovery does not depend on which images a
+task ends up grading.
+
+It also asks again, for a day, for heat maps that were asked for but never came (a
+heat-map task the broker lost, wiped or not, after ``requeue_after_s``: a heat map holds
+no batch back), and drops expired idempotency keys. Once per ``sweep_grace_s`` it also
+sweeps the store for bytes that nothing names (:mod:`common.storage.blobs`). Duplicate
+sends are harmless: a claim only takes pending images, the attempt number fences out a
+superseded claim, and a heat map is made once. Images out of attempts become ``failed``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import (
@@ -34,6 +48,7 @@ from common.db.tables import (
     Result,
     utcnow,
 )
+from common.lifecycle.broker_marker import BrokerMarker, broker_marker
 from common.lifecycle.claims import fail_exhausted
 from common.lifecycle.progress import settle_finished_batches
 from common.queue import send_grading, send_heatmap_task
@@ -55,12 +70,61 @@ class ReconcileReport:
     lease_expired: int
     exhausted: int
     heatmaps_requested: int = 0
+    # Whether this pass re-sent every queued image (from where the last one stopped) because
+    # the broker had lost its queue.
+    after_broker_loss: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerResend:
+    """The marker's value: its random epoch, and how far the re-send of every queued image
+    that its creation started has got."""
+
+    epoch: str
+    after: str | None = None  # the last image id a pass covered (ids are time ordered)
+    done: bool = False
+
+    def dumps(self) -> str:
+        """The marker's text."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, raw: str) -> BrokerResend:
+        """Parse a marker; one this code cannot read counts as finished, never as a wipe."""
+        try:
+            value = json.loads(raw)
+            return cls(str(value["epoch"]), value["after"], bool(value["done"]))
+        except (ValueError, TypeError, KeyError):
+            return cls(epoch=raw, done=True)
+
+
+def resend_due(marker: BrokerMarker | None) -> BrokerResend | None:
+    """The unfinished re-send this pass must continue, or None; a missing marker (the broker
+    lost its data, or is new) is put back and starts one."""
+    if marker is None:
+        return None
+    fresh = BrokerResend(epoch=secrets.token_hex(8))
+    if marker.create(fresh.dumps()):
+        log.warning(
+            "reconciler: the broker lost its queue (restarted empty, flushed or failed over) "
+            "or is new: its marker was missing; re-sending every queued image (epoch %s)",
+            fresh.epoch,
+        )
+        return fresh
+    raw = marker.read()
+    if raw is None:  # wiped since the line above: the next pass starts the re-send
+        return None
+    state = BrokerResend.loads(raw)
+    return None if state.done else state
 
 
 def reconcile_once(
     sessions: sessionmaker[Session], celery: Celery, settings: Settings
 ) -> ReconcileReport:
-    """One pass: fail exhausted images, re-send stale queued work and expired leases."""
+    """One pass: fail exhausted images, re-send stale queued work and expired leases, and
+    every queued image after the broker lost its queue."""
+    with broker_marker(celery, settings) as marker:
+        resend = resend_due(marker)
     now = utcnow()
     stale_send = now - timedelta(seconds=settings.requeue_after_s)
     stuck = or_(
@@ -70,6 +134,8 @@ def reconcile_once(
         ),
         and_(Image.state == ImageState.PROCESSING, Image.lease_expires_at < now),
     )
+    if resend is not None:
+        stuck = or_(stuck, _not_yet_resent(resend))
     with sessions.begin() as session:
         exhausted_count = len(fail_exhausted(session, stuck, settings.max_attempts, now))
     with sessions.begin() as session:
@@ -96,6 +162,8 @@ def reconcile_once(
     with sessions.begin() as session:
         settle_finished_batches(session)
     send_grading(celery, settings, ids)
+    if resend is not None:
+        _record_progress(celery, settings, resend, ids)
     heatmaps = _ask_again_for_heatmaps(sessions, settings, now)
     if heatmaps and settings.heatmaps:
         send_heatmap_task(celery, settings, heatmaps)
@@ -104,10 +172,38 @@ def reconcile_once(
         lease_expired=expired,
         exhausted=exhausted_count,
         heatmaps_requested=len(heatmaps),
+        after_broker_loss=resend is not None,
     )
     if ids or exhausted_count or heatmaps:
         log.info("reconciler: %s", report)
     return report
+
+
+def _not_yet_resent(resend: BrokerResend) -> ColumnElement[bool]:
+    """Queued images the re-send has not covered yet, however recently they were sent."""
+    queued = Image.state == ImageState.QUEUED
+    return queued if resend.after is None else and_(queued, Image.id > uuid.UUID(resend.after))
+
+
+def _record_progress(
+    celery: Celery, settings: Settings, resend: BrokerResend, ids: list[uuid.UUID]
+) -> None:
+    """Note in the marker how far the re-send got, once this pass's tasks are sent.
+
+    A pass takes rows in id order up to ``SCAN_LIMIT``, the stale and the expired among
+    them, so a full pass has covered every queued image up to its last id, and a pass short
+    of the limit has covered them all. A marker wiped meanwhile is left missing: the next
+    pass starts the re-send over."""
+    done = len(ids) < SCAN_LIMIT
+    progress = replace(resend, after=None if done else str(ids[-1]), done=done)
+    with broker_marker(celery, settings) as marker:
+        if marker is not None:
+            marker.replace(progress.dumps())
+    if done:
+        log.info(
+            "reconciler: every queued image re-sent after the broker's loss (epoch %s)",
+            resend.epoch,
+        )
 
 
 @dataclass

@@ -1,25 +1,51 @@
-"""The reconciler finds work the broker lost, against real PostgreSQL and Redis."""
+"""The reconciler finds work the broker lost, against real PostgreSQL and Redis (and the
+folder broker): stale sends, expired leases, lost heat maps, and a broker that lost its data.
+
+Every test but those about the broker's marker starts on a broker that kept its marker, as
+a broker does between wipes; those tests take the marker away as a wipe would.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.tables import Batch, BatchState, IdempotencyKey, Image, ImageState, Result, utcnow
-from common.lifecycle.reconcile import reconcile_once
+from common.lifecycle import reconcile
+from common.lifecycle.broker_marker import MARKER_KEY_PREFIX
+from common.lifecycle.reconcile import BrokerResend, reconcile_once
 from common.queue import make_celery
 from common.settings import Settings
 from tests.support import free_port
 from worker.grading.heatmaps import make_heatmaps
 from worker.grading.pipeline import grade_images
 from worker.runtime import WorkerRuntime
+
+
+@pytest.fixture
+def marker_key(settings: Settings) -> str:
+    """The key the reconciler keeps in the test broker for the test queue."""
+    return f"{MARKER_KEY_PREFIX}{settings.queue_name}"
+
+
+@pytest.fixture(autouse=True)
+def _kept_marker(redis_client: redis.Redis, marker_key: str) -> Iterator[None]:
+    """A broker that kept its data since the reconciler's last look; removed afterwards."""
+    redis_client.set(marker_key, BrokerResend(epoch="kept", done=True).dumps())
+    yield
+    redis_client.delete(marker_key)
 
 
 def _submit(client: FlaskClient, auth: dict[str, str], jpeg: Callable, n: int) -> list[uuid.UUID]:
@@ -39,7 +65,9 @@ def test_reconciler_resends_lost_work_and_fails_exhausted_images(
     queued_tasks: Callable[[], list[list[str]]],
 ) -> None:
     fresh, stale, expired, leased, exhausted = _submit(client, auth, fundus_jpeg, 5)
-    redis_client.delete(settings.queue_name)  # as if Redis restarted empty
+    # The tasks are lost but the broker kept its marker (an append-only file's last second):
+    # only the stale send and the expired lease come back.
+    redis_client.delete(settings.queue_name)
     long_ago = utcnow() - timedelta(seconds=settings.requeue_after_s + 5)
     now = utcnow()
     with sessions.begin() as session:
@@ -194,3 +222,149 @@ def test_a_lost_heat_map_task_is_asked_for_again_once_per_interval(
             .values(heatmap_requested_at=long_ago)
         )
     assert reconcile_once(sessions, celery, settings).heatmaps_requested == 0, "made: done"
+
+
+def _wipe(redis_client: redis.Redis, settings: Settings, marker_key: str) -> None:
+    """What FLUSHDB does to this test's keys (the shared Redis holds other runs' too)."""
+    redis_client.delete(settings.queue_name, settings.heatmap_queue_name, marker_key)
+
+
+def _resent(queued_tasks: Callable[[], list[list[str]]]) -> list[str]:
+    return sorted(i for task in queued_tasks() for i in task)
+
+
+def test_a_broker_that_lost_its_data_gets_every_queued_image_at_once(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    marker_key: str,
+    queued_tasks: Callable[[], list[list[str]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sent a moment ago, so not stale by ``enqueued_at``: the missing marker alone says the
+    tasks are gone, and the first pass re-sends them all, with a WARNING."""
+    ids = _submit(client, auth, fundus_jpeg, 3)
+    celery = make_celery(settings)
+    assert reconcile_once(sessions, celery, settings).requeued == 0, "the broker kept them"
+    _wipe(redis_client, settings, marker_key)
+    caplog.set_level(logging.INFO, logger="common.lifecycle.reconcile")
+
+    report = reconcile_once(sessions, celery, settings)
+
+    assert (report.requeued, report.after_broker_loss) == (3, True)
+    assert _resent(queued_tasks) == sorted(str(i) for i in ids)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "lost its queue" in warnings[0].getMessage()
+    marker = BrokerResend.loads(redis_client.get(marker_key).decode())
+    assert marker.done and marker.epoch in warnings[0].getMessage()
+    again = reconcile_once(sessions, celery, settings)
+    assert (again.requeued, again.after_broker_loss) == (0, False), "re-sent once, not twice"
+    assert len(queued_tasks()) == 1
+
+
+def test_a_large_queue_is_re_sent_over_consecutive_passes(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    marker_key: str,
+    queued_tasks: Callable[[], list[list[str]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SCAN_LIMIT images a pass, with no wait between passes; where the re-send stopped is
+    kept in the broker, so a new reconciler process carries on, and a second wipe starts it
+    over."""
+    monkeypatch.setattr(reconcile, "SCAN_LIMIT", 2)
+    ids = sorted(_submit(client, auth, fundus_jpeg, 5))
+    _wipe(redis_client, settings, marker_key)
+
+    first = reconcile_once(sessions, make_celery(settings), settings)
+    assert (first.requeued, first.after_broker_loss) == (2, True)
+    assert _resent(queued_tasks) == sorted(str(i) for i in ids[:2])
+    marker = json.loads(redis_client.get(marker_key))
+    assert (marker["after"], marker["done"]) == (str(ids[1]), False)
+
+    # A second wipe before the re-send finished: it starts over from the first image.
+    _wipe(redis_client, settings, marker_key)
+    restarted = reconcile_once(sessions, make_celery(settings), settings)
+    assert _resent(queued_tasks) == sorted(str(i) for i in ids[:2])
+    assert restarted.requeued == 2
+
+    # Each pass below is a fresh Celery app, as after a reconciler restart.
+    assert reconcile_once(sessions, make_celery(settings), settings).requeued == 2
+    last = reconcile_once(sessions, make_celery(settings), settings)
+    assert (last.requeued, last.after_broker_loss) == (1, True)
+    assert _resent(queued_tasks) == sorted(str(i) for i in ids)
+    assert json.loads(redis_client.get(marker_key))["done"] is True
+    assert reconcile_once(sessions, make_celery(settings), settings).requeued == 0
+
+
+def test_only_the_reconciler_writes_the_marker(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    marker_key: str,
+    runtime: WorkerRuntime,
+) -> None:
+    """Uploads, grading and heat maps after a wipe leave the marker missing: nothing but the
+    reconciler's next look can put it back, so nothing hides the wipe from it."""
+    _wipe(redis_client, settings, marker_key)
+    ids = _submit(client, auth, fundus_jpeg, 2)
+    grade_images(runtime, ids)
+    make_heatmaps(runtime, ids)
+    assert redis_client.exists(marker_key) == 0
+    assert reconcile_once(sessions, make_celery(settings), settings).after_broker_loss
+    assert redis_client.exists(marker_key) == 1
+
+
+def test_a_marker_it_cannot_read_is_never_taken_for_a_wipe(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    marker_key: str,
+) -> None:
+    _submit(client, auth, fundus_jpeg, 1)
+    redis_client.set(marker_key, "written by an older reconciler")
+    report = reconcile_once(sessions, make_celery(settings), settings)
+    assert (report.requeued, report.after_broker_loss) == (0, False)
+    assert redis_client.get(marker_key) == b"written by an older reconciler"
+
+
+def test_the_folder_broker_keeps_its_marker_beside_its_queue(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """The embedded profile's broker: a deleted broker folder is its wipe."""
+    _submit(client, auth, fundus_jpeg, 2)
+    folder = tmp_path / "broker"
+    embedded = settings.model_copy(update={"broker_url": f"filesystem://{folder}"})
+
+    def messages() -> int:
+        return len(list((folder / "queue").glob("*.msg")))
+
+    first = reconcile_once(sessions, make_celery(embedded), embedded)
+    assert (first.requeued, first.after_broker_loss) == (2, True), "a new broker"
+    assert messages() == 1
+    marker = folder / f"reconciler-marker.{settings.queue_name}"
+    assert BrokerResend.loads(marker.read_text()).done
+    assert reconcile_once(sessions, make_celery(embedded), embedded).requeued == 0
+
+    shutil.rmtree(folder)
+    wiped = reconcile_once(sessions, make_celery(embedded), embedded)
+    assert (wiped.requeued, wiped.after_broker_loss) == (2, True)
+    assert messages() == 1 and marker.is_file()
