@@ -32,11 +32,27 @@ from tests.support import DATA_DIR, REPO_ROOT
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES_DIR / "base"
 OVERLAY = KUBERNETES_DIR / "overlays" / "eight-gpus"
+# The base with components/image-store-volume: images on a shared volume, not in a bucket.
+SHARED = KUBERNETES_DIR / "overlays" / "shared-volume"
+KUSTOMIZATIONS = pytest.mark.parametrize(
+    "kustomization", [BASE, OVERLAY, SHARED], ids=["base", "overlay", "shared-volume"]
+)
 KEDA_CRDS = DATA_DIR / "keda"
 # An older Kubernetes still run widely, and the newest one kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
 WORKERS = {"retinaq-grading-worker": "grading", "retinaq-heatmap-worker": "heatmaps"}
 API_IMAGE_PODS = ("retinaq-api", "retinaq-reconciler", "retinaq-migrate")
+# The pods whose command opens the image store (common.storage.open_store).
+STORE_PODS = ("retinaq-api", "retinaq-reconciler", *WORKERS)
+STORE_LABEL = "retinaq.example.org/image-store"
+# The AWS chain's variables the deployment may set (boto3 reads AWS_DEFAULT_REGION, not
+# AWS_REGION, for the region).
+AWS_VARIABLES = {
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+}
 UID = 10001
 # What the test's renderer applies; a kustomization using more fails loudly.
 RENDERED_FIELDS = {
@@ -203,7 +219,7 @@ def _is_custom(obj: Object) -> bool:
     return str(obj["apiVersion"]).startswith("keda.sh/")
 
 
-@pytest.mark.parametrize("kustomization", [BASE, OVERLAY], ids=["base", "overlay"])
+@KUSTOMIZATIONS
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_is_valid_for_kubernetes(kustomization: Path, version: str) -> None:
     objects = [o for o in render(kustomization) if not _is_custom(o)]
@@ -212,7 +228,7 @@ def test_every_object_is_valid_for_kubernetes(kustomization: Path, version: str)
         kubernetes_validate.validate(obj, version, strict=True)
 
 
-@pytest.mark.parametrize("kustomization", [BASE, OVERLAY], ids=["base", "overlay"])
+@KUSTOMIZATIONS
 def test_keda_objects_are_valid_for_kedas_crds(kustomization: Path) -> None:
     objects = [o for o in render(kustomization) if _is_custom(o)]
     assert sorted(o["kind"] for o in objects) == [
@@ -251,7 +267,7 @@ def _kustomize_command() -> list[str] | None:
 
 
 @pytest.mark.skipif(_kustomize_command() is None, reason="neither kustomize nor kubectl here")
-@pytest.mark.parametrize("kustomization", [BASE, OVERLAY], ids=["base", "overlay"])
+@KUSTOMIZATIONS
 def test_kustomize_renders_what_the_tests_check(kustomization: Path) -> None:
     command = _kustomize_command()
     assert command is not None
@@ -411,8 +427,15 @@ def test_the_api_answers_its_probes_from_the_kubelet(api_as_configured: Flask) -
 def test_settings_come_from_the_config_map_and_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config()
     secret = _one("Secret", "retinaq-secrets")["stringData"]
-    assert set(secret) == {"RETINAQ_DATABASE_URL", "RETINAQ_BROKER_URL", "RETINAQ_SECRET_KEY"}
+    assert set(secret) == {
+        "RETINAQ_DATABASE_URL",
+        "RETINAQ_BROKER_URL",
+        "RETINAQ_SECRET_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
     assert all("CHANGE-ME" in value for value in secret.values()), "placeholders only"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(config), "secrets apart"
     for name, workload in _workloads().items():
         for container in _containers(workload):
             assert container["envFrom"] == [
@@ -422,7 +445,7 @@ def test_settings_come_from_the_config_map_and_the_secret(monkeypatch: pytest.Mo
     variables = {**config, **secret}
     for name in WORKERS:
         variables |= {e["name"]: e["value"] for e in _container(name)["env"] if e["name"] != "HOME"}
-    known = {f"RETINAQ_{field.upper()}" for field in Settings.model_fields}
+    known = {f"RETINAQ_{field.upper()}" for field in Settings.model_fields} | AWS_VARIABLES
     assert set(variables) <= known, "a misspelt setting is silently ignored"
     for variable, value in variables.items():
         monkeypatch.setenv(variable, value)
@@ -430,23 +453,93 @@ def test_settings_come_from_the_config_map_and_the_secret(monkeypatch: pytest.Mo
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.broker_url.startswith("redis://")
     assert settings.secret_key is not None
+    assert settings.storage_url.startswith("s3://") and settings.storage_dir is None
 
 
-def test_every_pod_that_touches_images_mounts_one_shared_volume() -> None:
-    claim = _one("PersistentVolumeClaim", "retinaq-images")
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "pods on several nodes share it"
-    store = _config()["RETINAQ_STORAGE_DIR"]
-    for name in ("retinaq-api", "retinaq-reconciler", *WORKERS):
+def _spec(objects: list[Object], name: str) -> Object:
+    [found] = [o for o in objects if o["metadata"]["name"] == name and _pod_spec(o) is not None]
+    spec = _pod_spec(found)
+    assert spec is not None
+    return spec
+
+
+def test_the_store_label_marks_exactly_the_pods_that_open_the_store() -> None:
+    labelled = {
+        name
+        for name, workload in _workloads().items()
+        if workload["metadata"].get("labels", {}).get(STORE_LABEL) == "true"
+    }
+    assert labelled == set(STORE_PODS)
+
+
+def test_the_base_keeps_images_in_a_bucket() -> None:
+    config = _config()
+    assert config["RETINAQ_STORAGE_URL"] == "s3://retinaq-images/images"
+    assert "RETINAQ_STORAGE_DIR" not in config
+    endpoint = config.get("AWS_ENDPOINT_URL")  # unset: AWS S3 itself
+    assert endpoint is None or endpoint.startswith(("http://", "https://")), endpoint
+    assert config["AWS_DEFAULT_REGION"]
+    assert not [o for o in OBJECTS if o["kind"] == "PersistentVolumeClaim"]
+    for name, workload in _workloads().items():
+        spec = workload["spec"]["template"]["spec"]
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], name
+        for container in _containers(workload):
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/data/images" not in mounts, name
+
+
+def test_every_pod_that_opens_the_store_has_a_writable_spool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spool = _config()["RETINAQ_SPOOL_DIR"]
+    for name in STORE_PODS:
         spec = _workloads()[name]["spec"]["template"]["spec"]
+        # The root filesystem is read-only: the S3 store creates its spool folder at start.
+        assert {"name": "spool", "emptyDir": {}} in spec["volumes"], name
+        assert {"name": "spool", "mountPath": spool} in _container(name)["volumeMounts"], name
+    monkeypatch.setenv("RETINAQ_STORAGE_URL", _config()["RETINAQ_STORAGE_URL"])
+    monkeypatch.setenv("RETINAQ_SPOOL_DIR", spool)
+    assert Settings().upload_spool_dir == Path(spool)
+    migrate = _workloads()["retinaq-migrate"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in migrate["volumes"]] == ["tmp"], "the migration opens no store"
+
+
+def test_the_shared_volume_component_switches_the_store_to_a_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objects = render(SHARED)
+    [config] = [o["data"] for o in objects if o["kind"] == "ConfigMap"]
+    assert config["RETINAQ_STORAGE_URL"] == "file:///data/images"
+    monkeypatch.setenv("RETINAQ_STORAGE_URL", config["RETINAQ_STORAGE_URL"])
+    folder = Settings().image_store
+    [claim] = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "retinaq-images"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "pods on several nodes share it"
+    for name in STORE_PODS:
+        spec = _spec(objects, name)
         assert {"name": "images", "persistentVolumeClaim": {"claimName": "retinaq-images"}} in (
             spec["volumes"]
         ), name
-        assert {"name": "images", "mountPath": store} in _container(name)["volumeMounts"], name
+        [container] = spec["containers"]
+        assert {"name": "images", "mountPath": str(folder)} in container["volumeMounts"], name
         assert spec["securityContext"]["fsGroup"] == UID, name
-    # Nowhere else: switching to object storage is a change to one component.
+    # Nothing else changes: the component is the whole difference from the base.
+    undone = copy.deepcopy(objects)
+    undone.remove(claim)
+    for obj in undone:
+        if obj["kind"] == "ConfigMap":
+            obj["data"]["RETINAQ_STORAGE_URL"] = _config()["RETINAQ_STORAGE_URL"]
+        if (pod := _pod_spec(obj)) is not None and obj["metadata"]["name"] in STORE_PODS:
+            pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "images"]
+            for container in pod["containers"]:
+                mounts = container["volumeMounts"]
+                container["volumeMounts"] = [m for m in mounts if m["name"] != "images"]
+    assert undone == OBJECTS
+    # And the volume is named nowhere but in the component.
     for path in yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]:
         written = yaml.safe_dump(list(yaml.safe_load_all((BASE / path).read_text())))
-        assert "retinaq-images" not in written and "STORAGE" not in written, path
+        assert "retinaq-images" not in written.replace("s3://retinaq-images/", ""), path
+        assert "persistentVolumeClaim" not in written, path
 
 
 # Autoscaling
