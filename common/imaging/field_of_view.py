@@ -72,7 +72,10 @@ def edge_bars(rgb: np.ndarray) -> tuple[int, int, int, int]:
     are peeled from each edge inwards, at most :data:`BAR_MAX_DEPTH` of the side deep.
     """
     height, width = rgb.shape[:2]
-    low, high = rgb.min(axis=2), rgb.max(axis=2)
+    # channel by channel: a reduction over a last axis of three is ten times slower
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    low = np.minimum(np.minimum(red, green), blue)
+    high = np.maximum(np.maximum(red, green), blue)
     bar = (low >= BAR_MIN_LEVEL) & (high.astype(np.int16) - low <= BAR_MAX_CHROMA)
     rows = bar.mean(axis=1) >= BAR_MIN_SHARE
     cols = bar.mean(axis=0) >= BAR_MIN_SHARE
@@ -97,10 +100,8 @@ def find_field_of_view(
     """The field of view in a brightness plane, above ``threshold`` and inside ``frame``."""
     height, width = value.shape
     left, top, right, bottom = frame or (0, 0, width, height)
-    bright = np.zeros(value.shape, dtype=bool)
-    bright[top:bottom, left:right] = value[top:bottom, left:right] > threshold
-    region = fill_holes(largest_region(bright))
     frame = (left, top, right, bottom)
+    region = field_of_view_region(value, threshold, frame)
     if not region.any():
         return FieldOfView(region, frame, NONE, 0.0, 0.0, 0.0, 0.0)
     area = float(region.sum())
@@ -124,6 +125,21 @@ def find_field_of_view(
         visible = area / (math.pi * radius**2)
         return FieldOfView(region, frame, RECTANGLE, radius, visible, roundness, fill)
     return FieldOfView(region, frame, NONE, 0.0, 0.0, roundness, fill)
+
+
+def field_of_view_region(
+    value: np.ndarray, threshold: float, frame: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """The field of view's pixels alone: the largest region of ``value`` above ``threshold``
+    inside ``frame``, holes filled (bool HxW).
+
+    What a crop needs, without the circle fit that only the quality check's measures use.
+    """
+    height, width = value.shape
+    left, top, right, bottom = frame or (0, 0, width, height)
+    bright = np.zeros(value.shape, dtype=bool)
+    bright[top:bottom, left:right] = value[top:bottom, left:right] > threshold
+    return fill_holes(largest_region(bright))
 
 
 def _fit_free_edge(
