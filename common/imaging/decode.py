@@ -23,9 +23,10 @@ FIELD_OF_VIEW_THRESHOLD = 20  # 8-bit luminance separating the fundus disc from 
 THUMBNAIL_SIDE = 256  # the crop's field of view is found on a thumbnail this big
 THUMBNAIL_RESAMPLING = Image.Resampling.BICUBIC  # ``Image.thumbnail``'s
 # Pillow's bicubic makes an output pixel at most 1.14 times its sources' brightest value
-# (its positive coefficients' sum, the most over every scale and position), 1.29 over its
-# two passes, plus a level of rounding each: so a thumbnail pixel reaches BAR_MIN_LEVEL
-# (150) only from sources reaching 115 in every channel. 1.5 leaves a margin (100).
+# (its normalised positive coefficients' sum, the most over every scale and position, as
+# its Resample.c computes them), 1.29 over its two passes, plus a level of rounding each:
+# so a thumbnail pixel reaches BAR_MIN_LEVEL (150) only from sources reaching 115 in every
+# channel. 1.5 leaves a margin (100).
 _BICUBIC_GAIN = 1.5
 _BAR_SOURCE_LEVEL = math.floor(BAR_MIN_LEVEL / _BICUBIC_GAIN)
 # MPO (a JPEG with extra pictures, as many cameras write) decodes its first picture as JPEG.
@@ -242,9 +243,10 @@ def _edge_strips(
     """The source pixels each edge line of a ``size`` thumbnail is resampled from: top,
     bottom, left, right.
 
-    Bicubic reaches 2 output pixels (2.5 scales from the edge, centre included) and a
-    ``reducing_gap`` of 2 first reduces by at most half a scale (up to 3.25 scales): 4
-    scales and 2 pixels hold every pixel an edge line is made from.
+    An edge pixel's centre lies half a scale (source pixels per thumbnail pixel) in, and
+    bicubic reaches 2 scales either side of it; a ``reducing_gap`` of 2 first averages
+    blocks of at most half a scale, which reach another 0.75 of one: 4 scales and 2 pixels
+    of rounding hold every source pixel an edge line is made from.
     """
     width, height = source
     deep = min(height, math.ceil(4 * height / size[1]) + 2)
