@@ -1,7 +1,9 @@
 """Private PostgreSQL and Redis servers, and a whole RetinaQ stack, for tests that break things.
 
 Stopping these servers never disturbs the shared ones the rest of the suite uses, and
-everything is torn down even when a test fails.
+everything is torn down even when a test fails. The stack stores bytes in a folder unless
+a test parametrises ``storage`` (``STORES``): then it also runs on a prefix of its own in
+the session's private S3 server (a SeaweedFS), as nodes that share no disk would.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import httpx
 import pytest
 
 from common.db.schema import upgrade_to_head
+from common.settings import Settings
+from common.storage import ObjectStore, open_store
 from tests.support import (
     REPO_ROOT,
     PrivatePostgres,
@@ -59,6 +63,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     api_url: str
+    storage_url: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     restarts: int = 0
 
@@ -93,6 +98,10 @@ class Stack:
             "worker", ["worker", "--serve", serve, "--hostname", f"fault{self.restarts}@%h"]
         )
 
+    def store(self) -> ObjectStore:
+        """The stack's image store, opened as its processes open it."""
+        return open_store(Settings(var_dir=self.log_dir, storage_url=self.storage_url))
+
     def kill_worker(self) -> None:
         """``kill -9`` the worker and every process in its group."""
         process = self.processes["worker"]
@@ -125,18 +134,21 @@ def stack(
     private_postgres: PrivatePostgres,
     private_redis: PrivateRedis,
     bundled_model_path: Path,
+    storage_url: str,
     tmp_path: Path,
 ) -> Iterator[Stack]:
     """The default timings (lease, reconciler interval, attempts, retries): recovery must be
     quick with what an operator gets out of the box. Smaller tasks and model batches than
-    the default make a kill land mid-run on a few hundred images."""
+    the default make a kill land mid-run on a few hundred images. ``storage_url`` comes
+    first, so the S3 server's AWS variables are in the environment the processes inherit."""
+    storage_url = storage_url or (tmp_path / "images").as_uri()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RETINAQ_")}
     env = {
         **inherited,
         "RETINAQ_VAR_DIR": str(tmp_path),
         "RETINAQ_DATABASE_URL": private_postgres.url,
         "RETINAQ_BROKER_URL": private_redis.url,
-        "RETINAQ_STORAGE_DIR": str(tmp_path / "images"),
+        "RETINAQ_STORAGE_URL": storage_url,
         "RETINAQ_MODEL_PATH": str(bundled_model_path),
         "RETINAQ_GRADING_BATCH_SIZE": "8",
         "RETINAQ_TASK_SIZE": "8",
@@ -145,7 +157,7 @@ def stack(
     }
     logs = tmp_path / "logs"
     logs.mkdir()
-    running = Stack(env, logs, f"http://127.0.0.1:{free_port()}")
+    running = Stack(env, logs, f"http://127.0.0.1:{free_port()}", storage_url)
     try:
         yield running
     finally:

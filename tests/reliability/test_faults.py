@@ -3,6 +3,12 @@
 Each test runs the API, the reconciler and a worker as real processes on a private
 PostgreSQL and Redis, submits 300 images over HTTP, breaks something mid-run, and then
 checks that every image was graded exactly once.
+
+The ``kill -9`` test runs on both stores, a folder and a bucket in a private S3 server: it is
+the one whose outcome the store can change (a worker killed while it reads photographs,
+then heat maps drawn from them and written back by the worker that takes over). The others
+break PostgreSQL, Redis or the worker's shutdown, which the store has no part in, so they
+run on the folder only, which keeps the module to a few minutes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -23,8 +30,9 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from common.access.apikeys import create_programme
-from common.db.tables import Image, ImageState, Result
+from common.db.tables import Image, ImageState, Result, utcnow
 from lab.synthetic import generate_fundus
+from tests.support import STORES
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +41,10 @@ IMAGES = 300
 # claims run out within one default lease (45 s) and the next reconciler pass (every 10 s)
 # hands them back: "about a minute", with room for a slow pass on a busy machine.
 RECOVERY_S = 65.0
+# A broker that restarted empty is noticed by the reconciler's next pass (every 10 s), which
+# re-sends every queued image whatever its age: seconds, not the ten minutes of
+# requeue_after_s, with room for Redis's restart and a slow pass on a busy machine.
+WIPE_RECOVERY_S = 25.0
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,34 @@ def _assert_graded_exactly_once(database_url: str, status_url: str, headers: dic
     assert body["counts"]["graded"] == IMAGES
 
 
+def _queued_before(database_url: str, moment: datetime) -> int:
+    """Images waiting on a task sent before ``moment`` (by this host's clock, which the
+    reconciler's re-sends are stamped with too)."""
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count = connection.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.state == ImageState.QUEUED, Image.enqueued_at < moment)
+        )
+    engine.dispose()
+    return int(count or 0)
+
+
+def _heatmaps(database_url: str) -> tuple[int, list[str]]:
+    """How many results asked for a heat map, and the heat maps made so far."""
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        asked = connection.scalar(
+            select(func.count()).where(Result.heatmap_requested_at.is_not(None))
+        )
+        made = connection.scalars(
+            select(Result.heatmap_sha256).where(Result.heatmap_sha256.is_not(None))
+        ).all()
+    engine.dispose()
+    return int(asked or 0), [str(sha) for sha in made]
+
+
 @dataclass
 class Kill:
     """One ``kill -9``: when, the claims it stranded, and when they were back in work."""
@@ -150,6 +190,7 @@ def _note_recoveries(database_url: str, kills: list[Kill]) -> bool:
     return all(kill.recovered_after_s is not None for kill in kills)
 
 
+@pytest.mark.parametrize("storage", STORES, indirect=True)
 def test_kill_9_the_worker_three_times(
     stack: Any,
     private_postgres: Any,
@@ -160,8 +201,10 @@ def test_kill_9_the_worker_three_times(
     """With the default lease and reconciler interval, a killed worker's images are back in
     work (handed back to the queue and re-sent, or claimed again) within about a minute.
 
-    The worker serves grading only, as production's do, so each kill lands on grading work
-    (its claims) rather than on a heat map.
+    The killed workers serve grading only, as production's do, so each kill lands on grading
+    work (its claims) rather than on a heat map. The worker that takes over serves both
+    queues, so the heat maps the killed workers' results asked for are drawn and stored too,
+    and each is read back from the store.
     """
     url = private_postgres.url
     headers = _api_key(url)
@@ -187,7 +230,7 @@ def test_kill_9_the_worker_three_times(
             kills.append(Kill(time.monotonic(), _dead_claims(url, kills)))
         assert _count(url, ImageState.GRADED) < IMAGES, "kills came too late"
         assert any(kill.claims for kill in kills), "no kill caught a task in hand"
-        stack.start_worker(serve="grading")
+        stack.start_worker(serve="all")
         wait(
             lambda: _note_recoveries(url, kills),
             RECOVERY_S + 30,
@@ -202,10 +245,20 @@ def test_kill_9_the_worker_three_times(
         slowest = max(kill.recovered_after_s or 0.0 for kill in kills)
         assert slowest <= RECOVERY_S, f"recovery took {slowest:.1f}s"
         wait(_finished(url), 180, "every image to be graded")
+        wait(lambda: _heatmaps(url)[0] == len(_heatmaps(url)[1]), 240, "every heat map")
     except AssertionError:
         print(stack.logs())
         raise
     _assert_graded_exactly_once(url, status_url, headers)
+    asked, made = _heatmaps(url)
+    assert asked > 0, "no result asked for a heat map"
+    store = stack.store()
+    unreadable = [
+        sha for sha in made if not store.read(store.relative_path(sha)).startswith(b"\x89PNG")
+    ]
+    assert unreadable == []
+    with capsys.disabled():
+        print(f"\n{len(made)} heat map(s) drawn after the kills and read back from the store")
 
 
 def test_redis_restarts_empty_mid_run(
@@ -214,26 +267,45 @@ def test_redis_restarts_empty_mid_run(
     private_redis: Any,
     jpegs: list[bytes],
     wait: Callable,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    headers = _api_key(private_postgres.url)
-    # Tasks the wipe lost are re-sent once their send is older than requeue_after_s: 10
-    # minutes by default, since a long backlog waits legitimately and re-sending it would be
-    # waste. The lease settings stay the defaults.
-    stack.env["RETINAQ_REQUEUE_AFTER_S"] = "4"
+    """With every default (``requeue_after_s`` is ten minutes), the tasks an empty restart
+    lost are sent again by the reconciler's next pass: it finds its marker gone from Redis.
+    The worker's task in hand, cut off with its connection, comes back through its lease."""
+    url = private_postgres.url
+    headers = _api_key(url)
     stack.start_api()
     stack.start_reconciler()
     status_url = _submit(stack, headers, jpegs)
     try:
         stack.start_worker()
-        wait(lambda: _count(private_postgres.url, ImageState.GRADED) > 0, 120, "first results")
+        wait(lambda: _count(url, ImageState.GRADED) > 0, 120, "first results")
+        wiped_at, started = utcnow(), time.monotonic()
         private_redis.stop()
         private_redis.start()  # same port, nothing kept: every queued task is gone
-        assert _count(private_postgres.url, ImageState.GRADED) < IMAGES, "wipe came too late"
-        wait(_finished(private_postgres.url), 180, "every image to be graded")
+        assert _count(url, ImageState.GRADED) < IMAGES, "wipe came too late"
+        lost = _queued_before(url, wiped_at)
+        assert lost > 0, "no queued task was lost"
+        wait(
+            lambda: _queued_before(url, wiped_at) == 0,
+            WIPE_RECOVERY_S + 30,
+            "every queued image to be sent again",
+        )
+        resent_after_s = time.monotonic() - started
+        with capsys.disabled():  # the measurement, shown whether or not the test passes
+            print(
+                f"\nRedis restarted empty: {lost} queued image(s) sent again "
+                f"{resent_after_s:.1f}s later"
+            )
+        assert resent_after_s <= WIPE_RECOVERY_S, f"re-sending took {resent_after_s:.1f}s"
+        wait(_finished(url), 180, "every image to be graded")
+        reconciler_log = "".join(p.read_text() for p in stack.log_dir.glob("reconciler-*.log"))
+        # Once for the new Redis the reconciler first met, once for the restart.
+        assert reconciler_log.count("the broker lost its queue") == 2, reconciler_log
     except AssertionError:
         print(stack.logs())
         raise
-    _assert_graded_exactly_once(private_postgres.url, status_url, headers)
+    _assert_graded_exactly_once(url, status_url, headers)
 
 
 def test_postgres_restarts_mid_run_and_the_api_answers_503(
