@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ IMAGES = 300
 # claims run out within one default lease (45 s) and the next reconciler pass (every 10 s)
 # hands them back: "about a minute", with room for a slow pass on a busy machine.
 RECOVERY_S = 65.0
-# A broker that restarted empty is noticed by the reconciler's next pass (every 10 s), which
+# A broker that lost its data is noticed by the reconciler's next pass (every 10 s), which
 # re-sends every queued image whatever its age: seconds, not the ten minutes of
 # requeue_after_s, with room for Redis's restart and a slow pass on a busy machine.
 WIPE_RECOVERY_S = 25.0
@@ -261,7 +262,9 @@ def test_kill_9_the_worker_three_times(
         print(f"\n{len(made)} heat map(s) drawn after the kills and read back from the store")
 
 
-def test_redis_restarts_empty_mid_run(
+@pytest.mark.parametrize("wipe", ["restart", "flushdb"])
+def test_redis_loses_its_queue_mid_run(
+    wipe: str,
     stack: Any,
     private_postgres: Any,
     private_redis: Any,
@@ -269,9 +272,10 @@ def test_redis_restarts_empty_mid_run(
     wait: Callable,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """With every default (``requeue_after_s`` is ten minutes), the tasks an empty restart
-    lost are sent again by the reconciler's next pass: it finds its marker gone from Redis.
-    The worker's task in hand, cut off with its connection, comes back through its lease."""
+    """With every default (``requeue_after_s`` is ten minutes), the tasks Redis lost (an
+    empty restart, or a ``FLUSHDB`` under running clients) are sent again by the reconciler's
+    next pass: it finds its marker gone. A task in hand that a restart cut off with the
+    worker's connection comes back through its lease."""
     url = private_postgres.url
     headers = _api_key(url)
     stack.start_api()
@@ -281,8 +285,13 @@ def test_redis_restarts_empty_mid_run(
         stack.start_worker()
         wait(lambda: _count(url, ImageState.GRADED) > 0, 120, "first results")
         wiped_at, started = utcnow(), time.monotonic()
-        private_redis.stop()
-        private_redis.start()  # same port, nothing kept: every queued task is gone
+        if wipe == "restart":
+            private_redis.stop()
+            private_redis.start()  # same port, nothing kept: every queued task is gone
+        else:
+            broker = redis.Redis.from_url(private_redis.url)
+            broker.flushdb()
+            broker.close()
         assert _count(url, ImageState.GRADED) < IMAGES, "wipe came too late"
         lost = _queued_before(url, wiped_at)
         assert lost > 0, "no queued task was lost"
@@ -294,7 +303,7 @@ def test_redis_restarts_empty_mid_run(
         resent_after_s = time.monotonic() - started
         with capsys.disabled():  # the measurement, shown whether or not the test passes
             print(
-                f"\nRedis restarted empty: {lost} queued image(s) sent again "
+                f"\nRedis wiped ({wipe}): {lost} queued image(s) sent again "
                 f"{resent_after_s:.1f}s later"
             )
         assert resent_after_s <= WIPE_RECOVERY_S, f"re-sending took {resent_after_s:.1f}s"
