@@ -100,7 +100,8 @@ class Stack:
 
     def store(self) -> ObjectStore:
         """The stack's image store, opened as its processes open it."""
-        return open_store(Settings(var_dir=self.log_dir, storage_url=self.storage_url))
+        var_dir = Path(self.env["RETINAQ_VAR_DIR"])
+        return open_store(Settings(var_dir=var_dir, storage_url=self.storage_url))
 
     def kill_worker(self) -> None:
         """``kill -9`` the worker and every process in its group."""
