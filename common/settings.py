@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         default="",
         description="Where image and heat-map bytes live: file:///absolute/folder, or "
         "s3://bucket/prefix with endpoint, region and credentials from the AWS chain "
-        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). "
+        "(AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). "
         "Default the folder storage_dir.",
     )
     storage_dir: Path | None = Field(

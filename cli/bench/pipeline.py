@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from cli.bench.fairness import measure_fairness
 from cli.bench.poll import POLLERS, measure_poll
 from cli.bench.report import Drain, Ingest, PipelineDrain, Served, Throughput
 from cli.bench.servers import (
@@ -31,7 +32,8 @@ DRAIN_TIMEOUT_S = 3600
 def measure_served(
     servers: Servers, main: list[Path], end_to_end: list[Path], poll_rows: int, poll_s: float
 ) -> Served:
-    """Ingest ``main``, drain it, then ``end_to_end`` with a worker running, then polls."""
+    """Ingest ``main``, drain it, then ``end_to_end`` with a worker running, fairness
+    (``main`` again as another programme's backlog), then polls."""
     with ExitStack() as stack:
         console.print("ingest: uploads with no worker running …")
         api = servers.api(stack)
@@ -42,9 +44,11 @@ def measure_served(
         pipeline = measure_pipeline(servers, batch_id, len(main))
         console.print("end_to_end: upload while the worker runs …")
         through = measure_end_to_end(servers, end_to_end)
+        console.print("fairness: a small batch idle, then behind another programme's backlog …")
+        fairness = measure_fairness(servers, main, end_to_end)
         console.print(f"poll: {poll_rows} rows, {POLLERS} pollers …")
         poll = measure_poll(servers, poll_rows, poll_s)
-    return Served(ingest, pipeline, through, poll)
+    return Served(ingest, pipeline, through, fairness, poll)
 
 
 def measure_ingest(
@@ -69,7 +73,7 @@ def measure_pipeline(servers: Servers, batch_id: str, total: int) -> PipelineDra
     with ExitStack() as stack:
         worker = servers.worker(stack, "pipeline")
         drained = drain(servers, batch_id, worker, total)
-    # The worker grades the API's warm-up uploads first (one at a time, in queue order);
+    # The worker grades the API's warm-up uploads too (their programme takes its turns);
     # only the tasks that finished after this batch's first claim are this batch's.
     first_claim, _ = servers.claim_span(batch_id)
     stages = worker_stage_totals(servers.task_reports("pipeline"), since=first_claim)

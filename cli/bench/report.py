@@ -123,6 +123,22 @@ class Poll:
 
 
 @dataclass(frozen=True)
+class Fairness:
+    """A small batch behind another programme's backlog, against the same batch idle."""
+
+    small_images: int
+    backlog_images: int
+    idle_s: float
+    behind_backlog_s: float
+    backlog_left: int  # the backlog's images still pending when the small batch finished
+
+    @classmethod
+    def measured(cls, small: int, backlog: int, idle_s: float, behind_s: float, left: int) -> Self:
+        """Seconds to the millisecond."""
+        return cls(small, backlog, round(idle_s, 3), round(behind_s, 3), left)
+
+
+@dataclass(frozen=True)
 class Ratios:
     """The figures to compare between runs: both sides measured in this one."""
 
@@ -130,6 +146,7 @@ class Ratios:
     pipeline_over_naive: float
     ingest_over_pipeline: float
     end_to_end_over_offline: float
+    behind_backlog_over_idle: float  # fairness: 1 is perfect, the backlog/batch ratio is FIFO
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,7 @@ class Served:
     ingest: Ingest
     pipeline: PipelineDrain
     end_to_end: Throughput
+    fairness: Fairness
     poll: Poll
 
 
@@ -157,6 +175,7 @@ class Report:
     ingest: Ingest
     pipeline: PipelineDrain
     end_to_end: Throughput
+    fairness: Fairness
     poll: Poll
     naive: Drain
     ratios: Ratios
@@ -185,9 +204,10 @@ def make_report(
         ingest=served.ingest,
         pipeline=served.pipeline,
         end_to_end=served.end_to_end,
+        fairness=served.fairness,
         poll=served.poll,
         naive=naive,
-        ratios=ratios(offline, served.pipeline, naive, served.ingest, served.end_to_end),
+        ratios=ratios(offline, served, naive),
     )
 
 
@@ -223,19 +243,15 @@ def make_decoding(sizes: list[DecodeCost], offline: Offline) -> Decoding:
     return Decoding(sizes, mix, model_rate, cores_per_gpu(model_rate, mix.prepare_per_core))
 
 
-def ratios(
-    offline: Throughput,
-    pipeline: Throughput,
-    naive: Throughput,
-    ingest: Throughput,
-    end_to_end: Throughput,
-) -> Ratios:
-    """Throughputs divided within one run, so a noisy machine moves them less."""
+def ratios(offline: Throughput, served: Served, naive: Throughput) -> Ratios:
+    """Figures divided within one run, so a noisy machine moves them less."""
+    pipeline, fairness = served.pipeline, served.fairness
     return Ratios(
         pipeline_over_offline=round(pipeline.images_per_s / offline.images_per_s, 3),
         pipeline_over_naive=round(pipeline.images_per_s / naive.images_per_s, 2),
-        ingest_over_pipeline=round(ingest.images_per_s / pipeline.images_per_s, 2),
-        end_to_end_over_offline=round(end_to_end.images_per_s / offline.images_per_s, 3),
+        ingest_over_pipeline=round(served.ingest.images_per_s / pipeline.images_per_s, 2),
+        end_to_end_over_offline=round(served.end_to_end.images_per_s / offline.images_per_s, 3),
+        behind_backlog_over_idle=round(fairness.behind_backlog_s / fairness.idle_s, 2),
     )
 
 
@@ -269,6 +285,15 @@ def report_table(report: Report) -> Table:
         "",
         "",
         f"p50 {poll.p50_ms} ms, p99 {poll.p99_ms} ms ({poll.requests} requests)",
+    )
+    fairness = report.fairness
+    table.add_row(
+        "fairness",
+        str(fairness.small_images),
+        f"{fairness.idle_s} / {fairness.behind_backlog_s}",
+        "",
+        f"a small batch idle / behind another programme's {fairness.backlog_images} images "
+        f"({fairness.backlog_left} of them still pending when it finished)",
     )
     for name, value in asdict(report.ratios).items():
         table.add_row(name, "", "", str(value), "")

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from common.db.tables import ApiKey, Programme, utcnow
+from common.db.tables import ApiKey, Programme, ProgrammeTurn, utcnow
 
 KEY_PREFIX = "rq_"
 PUBLIC_PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -59,10 +59,12 @@ def issue_api_key(
 def create_programme(
     session: Session, name: str, key_expires_at: datetime | None = None
 ) -> tuple[Programme, IssuedKey]:
-    """A new programme with its first key; the caller commits."""
+    """A new programme with its first key and its place in the turn order (first, never
+    served: :mod:`common.lifecycle.turns`); the caller commits."""
     programme = Programme(name=name)
     session.add(programme)
     session.flush()
+    session.add(ProgrammeTurn(programme_id=programme.id, served_at=None))
     return programme, issue_api_key(session, programme, key_expires_at)
 
 

@@ -122,6 +122,22 @@ class Programme(Base):
     max_images_per_minute: Mapped[int | None] = mapped_column(Integer)
 
 
+class ProgrammeTurn(Base):
+    """When a programme's queue was last served (NULL: never): the turn order of fair claims.
+
+    A table of its own rather than a column of ``programmes``, whose rows uploads lock for
+    their quotas: a worker choosing whom to serve next never waits on an upload. The row is
+    made with the programme, so a claim only ever updates it.
+    """
+
+    __tablename__ = "programme_turns"
+
+    programme_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True
+    )
+    served_at: Mapped[OptionalTimestamp]
+
+
 class ApiKey(Base):
     """An API key; only its SHA-256 is stored, the prefix identifies it in listings and logs."""
 
@@ -189,6 +205,15 @@ class Image(Base):
         Index("ix_images_programme_id_created_at", "programme_id", "created_at"),
         Index("ix_images_state_enqueued_at", "state", "enqueued_at"),
         Index("ix_images_state_lease_expires_at", "state", "lease_expires_at"),
+        # Only the queued images, per programme and oldest first: what a claim in turn
+        # reads (common.lifecycle.turns), small however many images are finished.
+        Index(
+            "ix_images_queued_programme_id_id",
+            "programme_id",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
         CheckConstraint("laterality IN ('L', 'R')", name="laterality"),
     )
 

@@ -1,7 +1,9 @@
 """Where an image's life is decided, outside the grading itself.
 
 An image is ``queued`` when the API commits it and sends a task (:mod:`common.queue`:
-late acknowledgement, publish retries). A worker *claims* it (``processing``, a lease
+late acknowledgement, publish retries); a task stands for an amount of work, and the
+images it takes are chosen from the programmes in turn (:mod:`common.lifecycle.turns`),
+so no programme's backlog holds another's batch back. A worker *claims* it (``processing``, a lease
 deadline and an attempt number: :mod:`common.lifecycle.claims`); the attempt number fences
 the final write, so a superseded delivery cannot record a second result. A claim whose
 attempts are spent is ``failed`` (:func:`common.lifecycle.claims.fail_exhausted`); a batch

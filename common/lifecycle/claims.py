@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, or_, tuple_, update
 from sqlalchemy.orm import Session
 
 from common.db.tables import Image, ImageState, utcnow
@@ -85,18 +85,6 @@ def claim_images(
     claims = [Claim(*row) for row in rows]
     order = {image_id: position for position, image_id in enumerate(ids)}
     return sorted(claims, key=lambda c: order[c.image_id])
-
-
-def claim_queued(session: Session, limit: int, *, max_attempts: int, lease_s: int) -> list[Claim]:
-    """Claim up to ``limit`` of the oldest queued images that no other worker is claiming."""
-    queued = session.scalars(
-        select(Image.id)
-        .where(Image.state == ImageState.QUEUED)
-        .order_by(Image.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    return claim_images(session, list(queued), max_attempts=max_attempts, lease_s=lease_s)
 
 
 def renew_leases(session: Session, claims: Iterable[Claim], *, lease_s: int) -> set[uuid.UUID]:

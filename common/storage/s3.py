@@ -1,7 +1,7 @@
 """The S3 backend (``s3://bucket/prefix``): bytes live once under their SHA-256 in a bucket.
 
 Endpoint, region and credentials come from the standard AWS chain (``AWS_ENDPOINT_URL``,
-``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` and the rest, as boto3 reads them), so any
+``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` and the rest, as boto3 reads them), so any
 S3-compatible server works and nothing but the URL need be shared between hosts.
 
 The layout mirrors the file backend under the prefix: ``ab/cd/<sha256>`` for stored bytes,

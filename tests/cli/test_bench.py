@@ -26,6 +26,7 @@ from cli.bench.pipeline import worker_stage_totals
 from cli.bench.report import (
     DecodeCost,
     Drain,
+    Fairness,
     Ingest,
     Offline,
     PipelineDrain,
@@ -89,6 +90,7 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
         ingest=Ingest.measured(200, 0.5, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0),
         pipeline=pipeline,
         end_to_end=Throughput.measured(200, 25.0),
+        fairness=Fairness.measured(20, 200, 0.5, 0.75, 150),
         poll=Poll(rows=10, pollers=20, requests=40, p50_ms=1.0, p99_ms=2.0),
     )
     naive = Drain.measured(100, 25.0, worker_peak_rss_mib_at_1000=1, worker_peak_rss_mib_at_end=1)
@@ -109,6 +111,7 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
         "ingest",
         "pipeline",
         "end_to_end",
+        "fairness",
         "poll",
         "naive",
         "ratios",
@@ -121,6 +124,13 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
     assert set(report["pipeline"]) == DRAIN | {"worker_stages_s"}
     assert set(report["naive"]) == DRAIN
     assert set(report["end_to_end"]) == THROUGHPUT
+    assert report["fairness"] == {
+        "small_images": 20,
+        "backlog_images": 200,
+        "idle_s": 0.5,
+        "behind_backlog_s": 0.75,
+        "backlog_left": 150,
+    }
     assert report["offline"] == {
         "images": 200,
         "seconds": 20.0,
@@ -159,6 +169,7 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
         "pipeline_over_naive": 3.12,
         "ingest_over_pipeline": 32.0,
         "end_to_end_over_offline": 0.8,
+        "behind_backlog_over_idle": 1.5,
     }
 
 
@@ -291,6 +302,7 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
         ingest=Ingest.measured(4, 0.1, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0),
         pipeline=PipelineDrain(**asdict(drain), worker_stages_s={}),
         end_to_end=throughput,
+        fairness=Fairness.measured(2, 4, 1.0, 2.0, 1),
         poll=Poll(rows=10, pollers=20, requests=40, p50_ms=1.0, p99_ms=2.0),
     )
     report = make_report(
@@ -304,6 +316,7 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
     assert "decode 2124x2056" in printed and "decode 4000x3000" in printed
     assert "decode mix" in printed and "50.0 / core" in printed  # 20 ms on average
     assert "decoder cores" in printed and "0.24" in printed  # 8 img/s / 33.3 per core
+    assert "behind another programme's 4 images (1 of them still pending" in printed
 
 
 def _bench_databases(server_url: str) -> set[str]:
@@ -367,7 +380,12 @@ def test_bench_measures_every_figure_and_cleans_up(
         "pipeline_over_naive",
         "ingest_over_pipeline",
         "end_to_end_over_offline",
+        "behind_backlog_over_idle",
     }
+    fairness = report["fairness"]
+    assert fairness["backlog_images"] == fairness["small_images"] == 12  # --n, under 20
+    assert fairness["idle_s"] > 0 and fairness["behind_backlog_s"] > 0
+    assert 0 <= fairness["backlog_left"] <= 12
     assert "pipeline_over_offline" in completed.stdout
     # Only this run's database: another run on the same server may hold one of its own.
     assert report["scratch_database"].startswith("retinaq_bench_")

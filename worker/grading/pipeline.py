@@ -1,6 +1,8 @@
-"""Grading a micro-batch of images: claim, decode, predict, record, all guarded by state.
+"""Grading micro-batches of images: claim, decode, predict, record, all guarded by state.
 
-Images are claimed under a lease (:mod:`common.lifecycle.claims`) that a thread renews
+A task claims a model batch at a time from the programmes in turn
+(:mod:`common.lifecycle.turns`), the next micro-batch decoding while the model runs this
+one. Images are claimed under a lease (:mod:`common.lifecycle.claims`) that a thread renews
 until the task ends (:mod:`worker.grading.lease_keeper`), prepared on decoder
 threads by :func:`common.imaging.prepare.prepare_image` (an image the quality check
 refuses becomes ``ungradable`` with its reasons and never reaches the model), graded a
@@ -15,6 +17,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,8 +26,9 @@ import numpy as np
 
 from common.imaging.decode import ImageDecodeError
 from common.imaging.prepare import PreparedImage, prepare_image
-from common.lifecycle.claims import Claim, claim_images, claim_queued
+from common.lifecycle.claims import Claim
 from common.lifecycle.progress import mark_batches_processing, record_batch_model
+from common.lifecycle.turns import claim_in_turn
 from common.screening.outcome import ImageOutcome, interpret_probabilities
 from common.screening.quality import QualityReport
 from common.storage.base import StoreUnavailable
@@ -52,23 +57,21 @@ class GradingReport:
 
 
 def grade_images(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> GradingReport:
-    """Grade these images (those still pending); safe to call again with the same ids."""
+    """Grade as many queued images as this task was sent for, programmes in turn.
+
+    A task stands for ``len(image_ids)`` images of work, not for those exact images: it
+    claims a model batch at a time from the programmes in turn
+    (:mod:`common.lifecycle.turns`), so one programme's backlog never holds another's
+    batch back for more than about a micro-batch per worker. Its own images are taken by
+    whichever task reaches them first. Safe to run again: only queued images are claimed.
+    """
     settings = runtime.settings
     report = GradingReport()
-
-    def claim() -> list[Claim]:
-        with runtime.sessions.begin() as session:
-            return claim_images(
-                session, image_ids, max_attempts=settings.max_attempts, lease_s=settings.lease_s
-            )
-
-    claims = with_db_retry(claim, budget_s=settings.db_retry_s)
-    report.skipped = len(set(image_ids)) - len(claims)
-    if not claims:
-        return report
-    with LeaseKeeper(runtime.sessions, claims, lease_s=settings.lease_s) as keeper:
-        claims += gather_company(runtime, len(claims), keeper)
-        return grade_claimed(runtime, claims, report)
+    share = max(len(set(image_ids)), 1)
+    with LeaseKeeper(runtime.sessions, [], lease_s=settings.lease_s) as keeper:
+        _grade_in_turn(runtime, _micro_batches(runtime, share, keeper, report), report)
+    report.skipped = max(0, len(set(image_ids)) - report.claimed)
+    return report
 
 
 def grade_claimed(
@@ -77,75 +80,52 @@ def grade_claimed(
     """Decode, check, infer and record images already claimed; a superseded claim writes
     nothing (it counts as ``fenced_out``). Keeping the leases alive meanwhile is the
     caller's part (:func:`grade_images` holds them in a :class:`LeaseKeeper`)."""
-    settings = runtime.settings
     report = report or GradingReport()
-    report.claimed = len(claims)
-
-    def note_progress() -> None:
-        # A transaction of its own: batch row after image rows would invert the API's order.
-        manifest = runtime.model.manifest
-        with runtime.sessions.begin() as session:
-            batch_ids = {c.batch_id for c in claims}
-            mark_batches_processing(session, batch_ids)
-            record_batch_model(session, batch_ids, manifest.name, manifest.version, manifest.sha256)
-
-    with_db_retry(note_progress, budget_s=settings.db_retry_s)
-
-    known = with_db_retry(
-        lambda: known_outcomes(runtime.recorder, claims), budget_s=settings.db_retry_s
-    )
-    firsts: dict[tuple[uuid.UUID, str], Claim] = {}
-    for c in claims:
-        if c.content not in known:
-            firsts.setdefault(c.content, c)
-
-    clock = time.perf_counter()
-    failed_firsts = _decode_and_infer(runtime, list(firsts.values()), known, report)
-    report.timings_ms["decode_and_infer"] = (time.perf_counter() - clock) * 1000
-
-    errors = {c.content: error for c, error in failed_firsts}
-    predictions = [(c, known[c.content]) for c in claims if c.content in known]
-    failures = [(c, errors[c.content]) for c in claims if c.content in errors]
-    per_image_ms = report.timings_ms["infer"] / max(report.inferred, 1)
-
-    clock = time.perf_counter()
-    recorded = with_db_retry(
-        lambda: record_outcomes(runtime.recorder, claims, predictions, failures, per_image_ms),
-        budget_s=settings.db_retry_s,
-    )
-    report.graded, report.ungradable, report.failed = (
-        recorded.graded,
-        recorded.ungradable,
-        recorded.failed,
-    )
-    report.fenced_out = len(claims) - recorded.graded - recorded.ungradable - recorded.failed
-    report.timings_ms["write"] = (time.perf_counter() - clock) * 1000
-    if recorded.to_explain:
-        runtime.request_heatmaps(recorded.to_explain)
+    _grade_in_turn(runtime, iter([claims]), report)
     return report
 
 
-def gather_company(runtime: WorkerRuntime, have: int, keeper: LeaseKeeper) -> list[Claim]:
+def _micro_batches(
+    runtime: WorkerRuntime, share: int, keeper: LeaseKeeper, report: GradingReport
+) -> Iterator[list[Claim]]:
+    """Claims in turn, a model batch at a time, until ``share`` are taken or none are left.
+
+    Each claim is made only when the pipeline asks for the next micro-batch, so who is
+    served next is decided as late as the overlap of decoding and inference allows. A
+    first claim short of a model batch looks for company (:func:`gather_company`); a later
+    short one means the queue ran dry.
+    """
+    settings = runtime.settings
+    batch_size = runtime.model.batch_size
+    taken = 0
+    while taken < share:
+        wanted = min(batch_size, share - taken)
+        clock = time.perf_counter()
+        claims = _claim_in_turn(runtime, wanted)
+        keeper.hold(claims)
+        if taken == 0 and len(claims) < batch_size and settings.batch_wait_ms > 0:
+            claims += gather_company(runtime, batch_size - len(claims), keeper)
+        _add_time(report, "claim", clock)
+        if not claims:
+            return
+        taken += len(claims)
+        yield claims
+        if len(claims) < wanted:
+            return
+
+
+def gather_company(runtime: WorkerRuntime, wanted: int, keeper: LeaseKeeper) -> list[Claim]:
     """Fill a short model batch with other queued images, waiting at most ``batch_wait_ms``.
 
     Tasks are formed per upload, so a trickle of small uploads would otherwise reach the
     model one or two images at a time. Images taken here are claimed like any others, and
     their leases kept by ``keeper`` from the moment they are taken; when their own tasks
-    arrive they find them graded and skip them.
+    arrive they find them graded and claim whatever else is queued.
     """
-    settings = runtime.settings
-    wanted = runtime.model.batch_size - have
-    deadline = time.monotonic() + settings.batch_wait_ms / 1000
+    deadline = time.monotonic() + runtime.settings.batch_wait_ms / 1000
     company: list[Claim] = []
-    while wanted > len(company) and settings.batch_wait_ms > 0:
-
-        def claim_more(limit: int = wanted - len(company)) -> list[Claim]:
-            with runtime.sessions.begin() as session:
-                return claim_queued(
-                    session, limit, max_attempts=settings.max_attempts, lease_s=settings.lease_s
-                )
-
-        more = with_db_retry(claim_more, budget_s=settings.db_retry_s)
+    while wanted > len(company):
+        more = _claim_in_turn(runtime, wanted - len(company))
         keeper.hold(more)
         company += more
         remaining = deadline - time.monotonic()
@@ -156,23 +136,121 @@ def gather_company(runtime: WorkerRuntime, have: int, keeper: LeaseKeeper) -> li
     return company
 
 
-def _decode_and_infer(
-    runtime: WorkerRuntime,
-    claims: list[Claim],
-    outcomes: dict[tuple[uuid.UUID, str], ImageOutcome],
-    report: GradingReport,
-) -> list[tuple[Claim, ImageDecodeError]]:
-    """Run the model batch by batch while the decoding threads prepare the next batches.
+def _claim_in_turn(runtime: WorkerRuntime, limit: int) -> list[Claim]:
+    settings = runtime.settings
 
-    Every image is handed to the decoder pool at once; this thread, which alone owns the
-    model, takes them back a model batch at a time, so decoding batch k+1 overlaps
-    inference on batch k. Outcomes are added to ``outcomes`` by programme and content hash:
-    ungradable straight from the quality check, graded after the model. An image whose
-    output is unusable fails alone.
+    def claim() -> list[Claim]:
+        with runtime.sessions.begin() as session:
+            return claim_in_turn(
+                session, limit, max_attempts=settings.max_attempts, lease_s=settings.lease_s
+            )
+
+    return with_db_retry(claim, budget_s=settings.db_retry_s)
+
+
+@dataclass
+class _Staged:
+    """A micro-batch whose decoding is under way on the decoder threads."""
+
+    claims: list[Claim]
+    known: dict[tuple[uuid.UUID, str], ImageOutcome]
+    firsts: list[Claim]  # one claim per content not yet graded: what the model must see
+    prepared: list[Future[PreparedImage | ImageDecodeError]]
+
+
+def _grade_in_turn(
+    runtime: WorkerRuntime, micro_batches: Iterator[list[Claim]], report: GradingReport
+) -> None:
+    """Grade micro-batches in order, the next one decoding while the model runs this one.
+
+    The next micro-batch is claimed and handed to the decoder threads before this one goes
+    through the model, so decoding overlaps inference across micro-batches as it does
+    within one, and the model never waits for a claim.
+    """
+    staged = _stage(runtime, next(micro_batches, None), report)
+    while staged is not None:
+        following = _stage(runtime, next(micro_batches, None), report)
+        _finish(runtime, staged, report)
+        staged = following
+
+
+def _stage(
+    runtime: WorkerRuntime, claims: list[Claim] | None, report: GradingReport
+) -> _Staged | None:
+    """Mark the batches started, look up known outcomes, and start decoding the rest."""
+    if not claims:
+        return None
+    settings = runtime.settings
+    clock = time.perf_counter()
+    report.claimed += len(claims)
+
+    def note_progress() -> None:
+        # A transaction of its own: batch row after image rows would invert the API's order.
+        manifest = runtime.model.manifest
+        with runtime.sessions.begin() as session:
+            batch_ids = {c.batch_id for c in claims}
+            mark_batches_processing(session, batch_ids)
+            record_batch_model(session, batch_ids, manifest.name, manifest.version, manifest.sha256)
+
+    with_db_retry(note_progress, budget_s=settings.db_retry_s)
+    known = with_db_retry(
+        lambda: known_outcomes(runtime.recorder, claims), budget_s=settings.db_retry_s
+    )
+    firsts: dict[tuple[uuid.UUID, str], Claim] = {}
+    for c in claims:
+        if c.content not in known:
+            firsts.setdefault(c.content, c)
+    prepared = [runtime.decoder.submit(prepare_claim, runtime, c) for c in firsts.values()]
+    _add_time(report, "stage", clock)
+    return _Staged(claims, known, list(firsts.values()), prepared)
+
+
+def _finish(runtime: WorkerRuntime, staged: _Staged, report: GradingReport) -> None:
+    """Run the model over a staged micro-batch and record every claim's outcome."""
+    settings = runtime.settings
+    claims, known = staged.claims, staged.known
+    clock = time.perf_counter()
+    failed_firsts = _decode_and_infer(runtime, staged, report)
+    _add_time(report, "decode_and_infer", clock)
+
+    errors = {c.content: error for c, error in failed_firsts}
+    predictions = [(c, known[c.content]) for c in claims if c.content in known]
+    failures = [(c, errors[c.content]) for c in claims if c.content in errors]
+    per_image_ms = report.timings_ms.get("infer", 0.0) / max(report.inferred, 1)
+
+    clock = time.perf_counter()
+    recorded = with_db_retry(
+        lambda: record_outcomes(runtime.recorder, claims, predictions, failures, per_image_ms),
+        budget_s=settings.db_retry_s,
+    )
+    report.graded += recorded.graded
+    report.ungradable += recorded.ungradable
+    report.failed += recorded.failed
+    report.fenced_out += len(claims) - recorded.graded - recorded.ungradable - recorded.failed
+    if recorded.to_explain:
+        runtime.request_heatmaps(recorded.to_explain)
+    _add_time(report, "write", clock)
+
+
+def _add_time(report: GradingReport, stage: str, since: float) -> None:
+    report.timings_ms[stage] = (
+        report.timings_ms.get(stage, 0.0) + (time.perf_counter() - since) * 1000
+    )
+
+
+def _decode_and_infer(
+    runtime: WorkerRuntime, staged: _Staged, report: GradingReport
+) -> list[tuple[Claim, ImageDecodeError]]:
+    """Run the model batch by batch as the decoding threads hand the images back.
+
+    This thread, which alone owns the model, takes the prepared images back a model batch
+    at a time, so decoding batch k+1 overlaps inference on batch k. Outcomes are added to
+    ``staged.known`` by programme and content hash: ungradable straight from the quality
+    check, graded after the model. An image whose output is unusable fails alone.
     """
     batch_size = runtime.model.batch_size
     manifest = runtime.model.manifest
-    futures = [runtime.decoder.submit(prepare_claim, runtime, claim) for claim in claims]
+    claims, futures, outcomes = staged.firsts, staged.prepared, staged.known
     failures: list[tuple[Claim, ImageDecodeError]] = []
     waited = inferred_ms = 0.0
     for start in range(0, len(claims), batch_size):
@@ -204,8 +282,8 @@ def _decode_and_infer(
                 continue
             outcomes[claim.content] = ImageOutcome(True, (), quality.measures, grade)
         report.inferred += len(decoded)
-    report.timings_ms["decode_wait"] = waited * 1000
-    report.timings_ms["infer"] = inferred_ms
+    report.timings_ms["decode_wait"] = report.timings_ms.get("decode_wait", 0.0) + waited * 1000
+    report.timings_ms["infer"] = report.timings_ms.get("infer", 0.0) + inferred_ms
     return failures
 
 

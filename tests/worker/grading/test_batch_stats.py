@@ -48,17 +48,17 @@ def test_counters_follow_uploads_grading_failures_requeues_and_cancellation(
     sessions: sessionmaker[Session],
 ) -> None:
     files = [(io.BytesIO(fundus_jpeg(grade=i % 5, seed=500 + i)), f"{i}.jpg") for i in range(9)]
-    files.append((io.BytesIO(b"not an image"), "bad.jpg"))
+    files.insert(0, (io.BytesIO(b"not an image"), "bad.jpg"))  # oldest: claimed first
     batch = client.post("/v1/batches", headers=auth, data={"images": files}).get_json()
     batch_id = uuid.UUID(batch["id"])
     with sessions() as session:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
         assert _stats(session, batch_id) == _recount(session, batch_id)
 
-    grade_images(runtime, ids[:6] + ids[-1:])
+    grade_images(runtime, ids[:7])  # a task for seven takes the seven oldest
     with sessions.begin() as session:  # a reconciler-style requeue of a claimed image
-        session.execute(update(Image).where(Image.id == ids[6]).values(state=ImageState.PROCESSING))
-        session.execute(update(Image).where(Image.id == ids[6]).values(state=ImageState.QUEUED))
+        session.execute(update(Image).where(Image.id == ids[7]).values(state=ImageState.PROCESSING))
+        session.execute(update(Image).where(Image.id == ids[7]).values(state=ImageState.QUEUED))
     with sessions() as session:
         stats = _stats(session, batch_id)
         assert stats == _recount(session, batch_id)
