@@ -34,6 +34,7 @@ from common.access.apikeys import create_programme
 from common.db.engine import make_engine, make_sessionmaker
 from common.db.schema import upgrade_to_head
 from common.db.tables import Base, Image
+from common.lifecycle.broker_marker import MARKER_KEY_PREFIX
 from common.modelling.manifest import MANIFEST_NAME
 from common.queue import GRADE_IMAGES_TASK
 from common.settings import BUNDLED_MODEL, Settings
@@ -292,7 +293,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     if "queue_name" in request.fixturenames:
         client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         name = request.getfixturevalue("queue_name")
-        client.delete(name, f"{name}.explain")
+        client.delete(name, f"{name}.explain", f"{MARKER_KEY_PREFIX}{name}")
         client.close()
 
 
