@@ -13,6 +13,7 @@ from api.errors import register_error_handlers
 from api.hooks.hosts import install_origin
 from api.hooks.json_bodies import limit_json_body
 from api.hooks.request_ids import assign_request_id, echo_request_id
+from api.hooks.server_timing import add_server_timing, start_clock
 from api.state import ApiState, api_state, close_db_session
 from api.uploads import StreamingRequest
 from api.v1 import create_v1
@@ -56,9 +57,11 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(create_v1())
     app.register_blueprint(health.bp)
 
+    app.before_request(start_clock)
     app.before_request(assign_request_id)
     app.before_request(limit_json_body)  # app-level: before /v1's hooks read any body
     app.after_request(echo_request_id)
+    app.after_request(add_server_timing)  # after_request runs last-registered first
     register_error_handlers(app)
     app.teardown_appcontext(close_db_session)
     app.teardown_request(_discard_uncommitted_uploads)

@@ -15,8 +15,14 @@ Runs on the production profile (PostgreSQL and Redis) in a scratch database and 
                   The worker's stages are summed from its task reports, not its log.
 4. ``naive``      one task per image at batch 1, for contrast.
 5. ``end_to_end`` first upload byte to last result with the API and the worker running.
-6. ``poll``       p50/p99 of ``GET /v1/batches/<id>`` on a batch of ``--poll-rows`` images
-                  under 20 concurrent pollers (:mod:`cli.bench.poll`).
+6. ``fairness``   a small batch's completion idle, then behind another programme's
+                  backlog (:mod:`cli.bench.fairness`).
+7. ``poll``       p50/p99 of ``GET /v1/batches/<id>`` on a batch of each ``--poll-rows``
+                  size under 20 concurrent pollers, as clients saw it and as the API spent
+                  it (its ``Server-Timing``) (:mod:`cli.bench.poll`).
+Ingest and pipeline also report PostgreSQL's work per image from its own counters
+(:mod:`cli.bench.database`). End to end and fairness measure latency and overlap, not
+scale, so they use at most 2,000 images whatever ``--n``.
 The worker's peak RSS is read after 1,000 results and at the end of each drain. Inputs
 are in :mod:`cli.bench.data`, the servers in :mod:`cli.bench.servers`, the served stages
 in :mod:`cli.bench.pipeline`, and the figures as dataclasses in :mod:`cli.bench.report`.
@@ -32,7 +38,7 @@ import click
 from rich.console import Console
 from sqlalchemy import make_url
 
-from cli.bench.data import make_inputs, parse_sizes, scratch_database
+from cli.bench.data import make_inputs, parse_rows, parse_sizes, scratch_database
 from cli.bench.decoding import measure_decoding
 from cli.bench.offline import measure_offline
 from cli.bench.pipeline import measure_naive, measure_served
@@ -55,7 +61,12 @@ console = Console()
 )
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--naive-n", default=300, show_default=True, help="Images for the batch-1 run.")
-@click.option("--poll-rows", default=100_000, show_default=True)
+@click.option(
+    "--poll-rows",
+    default="100000",
+    show_default=True,
+    help="Rows of the polled batch; a list such as 2000,100000,1000000 polls each in turn.",
+)
 @click.option("--poll-seconds", default=10.0, show_default=True)
 @click.option(
     "--server-url",
@@ -77,7 +88,7 @@ def bench(
     sizes: str,
     batch_size: int,
     naive_n: int,
-    poll_rows: int,
+    poll_rows: str,
     poll_seconds: float,
     server_url: str,
     broker_url: str,
@@ -85,6 +96,7 @@ def bench(
 ) -> None:
     """Measure offline, pipeline, naive, end-to-end, ingest and poll figures in one run."""
     photograph_sizes = parse_sizes(sizes)
+    polled = parse_rows(poll_rows)
     require_extra("worker")
     from worker.ml.model import configure_devices
 
@@ -100,13 +112,13 @@ def bench(
             work,
             inputs.model_path,
             batch_size=batch_size,
-            quota=10 * (count + poll_rows),
+            quota=10 * (count + sum(polled)),
         )
         console.print("offline: tight loop …")
         offline = measure_offline(inputs.model_path, inputs.main, batch_size)
         console.print("decoding: CPU time per image by size …")
         decoding = measure_decoding(inputs.model_path, inputs.main, offline)
-        served = measure_served(servers, inputs.main, inputs.end_to_end, poll_rows, poll_seconds)
+        served = measure_served(servers, inputs.main, inputs.end_to_end, polled, poll_seconds)
         naive = measure_naive(servers, inputs.naive)
     name = str(make_url(database_url).database)
     report = make_report(arch, batch_size, devices, name, offline, decoding, served, naive)

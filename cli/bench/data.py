@@ -24,8 +24,8 @@ class Inputs:
     """The model and three disjoint sets of files, so no measurement reuses another's."""
 
     model_path: Path
-    main: list[Path]  # offline, ingest and pipeline
-    end_to_end: list[Path]  # also the ingest warm-up
+    main: list[Path]  # offline, ingest and pipeline; the fairness backlog's first 2,000
+    end_to_end: list[Path]  # at most 2,000; also the ingest warm-up and the small batch
     naive: list[Path]
 
 
@@ -44,6 +44,21 @@ def scratch_database(server_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+LATENCY_IMAGES = 2000
+"""End to end and fairness measure latency and overlap, not scale: at most this many."""
+
+
+def parse_rows(value: str) -> list[int]:
+    """``--poll-rows``: one size or a comma-separated list, each at least 10."""
+    try:
+        rows = [int(item.strip().replace("_", "")) for item in value.split(",")]
+    except ValueError:
+        rows = []
+    if not rows or min(rows) < 10:
+        raise click.BadParameter(f"{value!r}: row counts of at least 10, such as 2000,100000")
+    return rows
 
 
 REAL_SIZES = ((2124, 2056), (3504, 2336), (4000, 3000))
@@ -78,16 +93,19 @@ def parse_sizes(value: str) -> list[Size] | None:
 def make_inputs(
     arch: str, count: int, naive_count: int, work: Path, sizes: list[Size] | None = None
 ) -> Inputs:
-    """The model for ``arch`` and ``2 * count + naive_count`` photographs under ``work``,
-    at ``sizes`` in turn (by default a square twice the model's input)."""
+    """The model for ``arch`` and ``count + min(count, 2000) + naive_count`` photographs
+    under ``work``, at ``sizes`` in turn (by default a square twice the model's input)."""
     model_path = prepare_model(arch, work / "model")
     if sizes is None:
         side = photograph_size(arch, model_path)
         sizes = [(side, side)]
     names = ", ".join(f"{width}x{height}" for width, height in sizes)
-    console.print(f"writing {count} + {count} + {naive_count} images of {names} px …")
-    files = write_images(work / "images", count * 2 + naive_count, sizes)
-    return Inputs(model_path, files[:count], files[count : 2 * count], files[2 * count :])
+    latency = min(count, LATENCY_IMAGES)
+    console.print(f"writing {count} + {latency} + {naive_count} images of {names} px …")
+    files = write_images(work / "images", count + latency + naive_count, sizes)
+    return Inputs(
+        model_path, files[:count], files[count : count + latency], files[count + latency :]
+    )
 
 
 def photograph_size(arch: str, model_path: Path) -> int:

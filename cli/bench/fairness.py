@@ -29,8 +29,7 @@ def measure_fairness(servers: Servers, backlog: list[Path], small: list[Path]) -
     small = small[:SMALL_BATCH]
     with ExitStack() as stack:
         servers.worker(stack, "fairness")
-        log = servers.worker_log("fairness")
-        wait_for(lambda: "warmed up" in log.read_text(), 300, "worker")
+        servers.wait_worker_ready("fairness")
         idle_s = _completion_s(servers, small)
         headers, _ = servers.new_key("backlog")
         backlog_id, _ = servers.upload(headers, backlog)

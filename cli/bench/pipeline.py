@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from cli.bench.data import LATENCY_IMAGES
+from cli.bench.database import Counters, per_image
 from cli.bench.fairness import measure_fairness
 from cli.bench.poll import POLLERS, measure_poll
 from cli.bench.report import Drain, Ingest, PipelineDrain, Served, Throughput
@@ -30,7 +32,11 @@ DRAIN_TIMEOUT_S = 3600
 
 
 def measure_served(
-    servers: Servers, main: list[Path], end_to_end: list[Path], poll_rows: int, poll_s: float
+    servers: Servers,
+    main: list[Path],
+    end_to_end: list[Path],
+    poll_rows: list[int],
+    poll_s: float,
 ) -> Served:
     """Ingest ``main``, drain it, then ``end_to_end`` with a worker running, fairness
     (``main`` again as another programme's backlog), then polls."""
@@ -45,10 +51,12 @@ def measure_served(
         console.print("end_to_end: upload while the worker runs …")
         through = measure_end_to_end(servers, end_to_end)
         console.print("fairness: a small batch idle, then behind another programme's backlog …")
-        fairness = measure_fairness(servers, main, end_to_end)
-        console.print(f"poll: {poll_rows} rows, {POLLERS} pollers …")
-        poll = measure_poll(servers, poll_rows, poll_s)
-    return Served(ingest, pipeline, through, fairness, poll)
+        fairness = measure_fairness(servers, main[:LATENCY_IMAGES], end_to_end)
+        polls = []
+        for rows in poll_rows:
+            console.print(f"poll: {rows} rows, {POLLERS} pollers …")
+            polls.append(measure_poll(servers, rows, poll_s))
+    return Served(ingest, pipeline, through, fairness, polls)
 
 
 def measure_ingest(
@@ -57,36 +65,42 @@ def measure_ingest(
     """Upload ``files`` into one batch with no worker running; (batch id, figures)."""
     rss: list[float] = []
     headers, _ = servers.new_key("pipeline")
+    before = Counters.read(servers.engine, settle=True)  # the warm-up's counters are in
     batch_id, seconds = servers.upload(
         headers, files, on_checkpoint=lambda: rss.append(peak_rss_mib(api.pid))
     )
+    api_rss = peak_rss_mib(api.pid)
+    after = Counters.read(servers.engine, settle=True)
     return batch_id, Ingest.measured(
         len(files),
         seconds,
         api_peak_rss_mib_at_1000=rss[0],
-        api_peak_rss_mib_at_end=peak_rss_mib(api.pid),
+        api_peak_rss_mib_at_end=api_rss,
+        database=per_image(before, after, len(files)),
     )
 
 
 def measure_pipeline(servers: Servers, batch_id: str, total: int) -> PipelineDrain:
     """A worker started now drains the uploaded batch; its stages come from its reports."""
+    before, results_before = Counters.read(servers.engine), servers.results()
     with ExitStack() as stack:
         worker = servers.worker(stack, "pipeline")
         drained = drain(servers, batch_id, worker, total)
+    # The worker has exited, so its counters are in; the warm-up images it also graded
+    # are counted among the results.
+    database = per_image(before, Counters.read(servers.engine), servers.results() - results_before)
     # The worker grades the API's warm-up uploads too (their programme takes its turns);
     # only the tasks that finished after this batch's first claim are this batch's.
     first_claim, _ = servers.claim_span(batch_id)
     stages = worker_stage_totals(servers.task_reports("pipeline"), since=first_claim)
-    return PipelineDrain(**asdict(drained), worker_stages_s=stages)
+    return PipelineDrain(**asdict(drained), worker_stages_s=stages, database=database)
 
 
 def measure_end_to_end(servers: Servers, files: list[Path]) -> Throughput:
     """First upload byte to last result, with a worker already loaded and waiting."""
     with ExitStack() as stack:
         servers.worker(stack, "e2e")
-        log = servers.worker_log("e2e")
-        # Readiness only (no figure is read from the log): the model is loaded and warm.
-        wait_for(lambda: "warmed up" in log.read_text(), 300, "worker")
+        servers.wait_worker_ready("e2e")  # readiness only: no figure is read from the log
         started = time.perf_counter()
         batch_id, _ = servers.upload(servers.new_key("e2e")[0], files)
         wait_for(lambda: servers.pending(batch_id) == 0, DRAIN_TIMEOUT_S, "end-to-end drain")

@@ -34,6 +34,8 @@ def measure_poll(servers: Servers, rows: int, seconds: float) -> Poll:
     headers, batch_id = insert_poll_batch(servers, rows)
     url = f"{servers.api_url}/v1/batches/{batch_id}"
     latencies: list[float] = []
+    server_wall: list[float] = []
+    server_cpu: list[float] = []
     lock = threading.Lock()
     stop_at = [0.0]
 
@@ -51,8 +53,11 @@ def measure_poll(servers: Servers, rows: int, seconds: float) -> Poll:
                 elapsed = (time.perf_counter() - clock) * 1000
                 if response.status_code != 200:
                     raise click.ClickException(f"poll answered {response.status_code}")
+                wall, cpu = server_timing(response.headers.get("Server-Timing", ""))
                 with lock:
                     latencies.append(elapsed)
+                    server_wall.append(wall)
+                    server_cpu.append(cpu)
                 if time.monotonic() >= stop_at[0]:
                     return
 
@@ -61,14 +66,36 @@ def measure_poll(servers: Servers, rows: int, seconds: float) -> Poll:
             future.result()
     # Its queued rows name no files: cancelled, so no later stage's worker takes their turn.
     httpx.delete(url, headers=headers, timeout=300).raise_for_status()
-    ordered = sorted(latencies)
     return Poll(
         rows=rows,
         pollers=POLLERS,
-        requests=len(ordered),
-        p50_ms=round(statistics.median(ordered), 2),
-        p99_ms=round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        requests=len(latencies),
+        p50_ms=round(statistics.median(latencies), 2),
+        p99_ms=percentile_99(latencies),
+        server_p50_ms=round(statistics.median(server_wall), 2),
+        server_p99_ms=percentile_99(server_wall),
+        server_cpu_p50_ms=round(statistics.median(server_cpu), 2),
     )
+
+
+def percentile_99(values: list[float]) -> float:
+    """The 99th percentile by rank, to a hundredth."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
+
+
+def server_timing(header: str) -> tuple[float, float]:
+    """The ``app`` and ``cpu`` durations (ms) of an API response's ``Server-Timing``."""
+    durations = {}
+    for metric in header.split(","):
+        name, _, params = metric.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                durations[name] = float(value)
+    if "app" not in durations or "cpu" not in durations:
+        raise click.ClickException(f"the API sent no usable Server-Timing: {header!r}")
+    return durations["app"], durations["cpu"]
 
 
 def insert_poll_batch(servers: Servers, rows: int) -> tuple[dict[str, str], str]:

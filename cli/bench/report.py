@@ -89,11 +89,25 @@ class Decoding:
 
 
 @dataclass(frozen=True)
+class DatabaseCost:
+    """PostgreSQL's work per image over a stage (:mod:`cli.bench.database`)."""
+
+    images: int
+    transactions: float
+    rows_inserted: float
+    rows_updated: float
+    rows_deleted: float
+    buffer_accesses: float  # pages touched, hit or read: grows if a plan scans more
+
+
+@dataclass(frozen=True)
 class Ingest(Throughput):
-    """Uploads through the API with no worker running, and the API's memory."""
+    """Uploads through the API with no worker running, the API's memory and the database's
+    work per image."""
 
     api_peak_rss_mib_at_1000: float
     api_peak_rss_mib_at_end: float
+    database: DatabaseCost
 
 
 @dataclass(frozen=True)
@@ -106,20 +120,26 @@ class Drain(Throughput):
 
 @dataclass(frozen=True)
 class PipelineDrain(Drain):
-    """A drain with the worker's own stage totals, summed from its task reports."""
+    """A drain with the worker's own stage totals, summed from its task reports, and the
+    database's work per image graded."""
 
     worker_stages_s: dict[str, float]
+    database: DatabaseCost
 
 
 @dataclass(frozen=True)
 class Poll:
-    """Latency of the batch status endpoint under concurrent pollers."""
+    """Latency of the batch status endpoint under concurrent pollers, as the clients saw it
+    and as the application spent it (its ``Server-Timing``: wall clock and CPU)."""
 
     rows: int
     pollers: int
     requests: int
     p50_ms: float
     p99_ms: float
+    server_p50_ms: float
+    server_p99_ms: float
+    server_cpu_p50_ms: float
 
 
 @dataclass(frozen=True)
@@ -157,7 +177,7 @@ class Served:
     pipeline: PipelineDrain
     end_to_end: Throughput
     fairness: Fairness
-    poll: Poll
+    poll: list[Poll]  # one per --poll-rows size
 
 
 @dataclass(frozen=True)
@@ -176,7 +196,7 @@ class Report:
     pipeline: PipelineDrain
     end_to_end: Throughput
     fairness: Fairness
-    poll: Poll
+    poll: list[Poll]  # one per --poll-rows size
     naive: Drain
     ratios: Ratios
 
@@ -278,14 +298,27 @@ def report_table(report: Report) -> Table:
     ]
     for name, row, notes in rows:
         table.add_row(name, str(row.images), str(row.seconds), str(row.images_per_s), notes)
-    poll = report.poll
-    table.add_row(
-        "poll",
-        str(poll.rows),
-        "",
-        "",
-        f"p50 {poll.p50_ms} ms, p99 {poll.p99_ms} ms ({poll.requests} requests)",
-    )
+    for poll in report.poll:
+        table.add_row(
+            "poll",
+            str(poll.rows),
+            "",
+            "",
+            f"p50 {poll.p50_ms} ms, p99 {poll.p99_ms} ms ({poll.requests} requests); "
+            f"server p50 {poll.server_p50_ms} ms, p99 {poll.server_p99_ms} ms, "
+            f"CPU p50 {poll.server_cpu_p50_ms} ms",
+        )
+    for name, stage in (("ingest", report.ingest), ("pipeline", report.pipeline)):
+        cost = stage.database
+        table.add_row(
+            f"database/{name}",
+            str(cost.images),
+            "",
+            "",
+            f"per image: {cost.transactions} transactions, {cost.rows_inserted} rows "
+            f"inserted, {cost.rows_updated} updated, {cost.rows_deleted} deleted, "
+            f"{cost.buffer_accesses} buffer pages",
+        )
     fairness = report.fairness
     table.add_row(
         "fairness",

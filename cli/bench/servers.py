@@ -129,6 +129,15 @@ class Servers:
         """Where the worker started as ``name`` writes its log."""
         return self.logs / f"worker-{name}.log"
 
+    def wait_worker_ready(self, name: str) -> None:
+        """Until the worker started as ``name`` has its model warm and consumes its queue
+        (Celery's "ready" comes after the model, once the consumer has started), so a
+        stage timed from here includes no start-up."""
+        log = self.worker_log(name)
+        wait_for(
+            lambda: "warmed up" in (text := log.read_text()) and " ready." in text, 300, "worker"
+        )
+
     def task_reports(self, name: str) -> Path:
         """The file to which the worker started as ``name`` appends one line per task."""
         return self.logs / f"tasks-{name}.jsonl"
@@ -204,6 +213,11 @@ class Servers:
                 )
                 or 0
             )
+
+    def results(self) -> int:
+        """Results written in the whole database so far."""
+        with self.engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(Result)) or 0)
 
     def claim_span(self, batch_id: str) -> tuple[datetime, datetime]:
         """First claim and last result written, from the database's own timestamps."""

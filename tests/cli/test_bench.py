@@ -20,10 +20,12 @@ from PIL import Image
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from cli.bench.data import parse_sizes, write_images
+from cli.bench.data import parse_rows, parse_sizes, write_images
 from cli.bench.decoding import files_by_size, measure_decoding
 from cli.bench.pipeline import worker_stage_totals
+from cli.bench.poll import server_timing
 from cli.bench.report import (
+    DatabaseCost,
     DecodeCost,
     Drain,
     Fairness,
@@ -76,6 +78,26 @@ def test_a_worker_that_reported_nothing_fails_the_run(tmp_path: Path) -> None:
         worker_stage_totals(tmp_path / "tasks.jsonl")
 
 
+COST = DatabaseCost(
+    images=200,
+    transactions=3.5,
+    rows_inserted=2.0,
+    rows_updated=4.0,
+    rows_deleted=0.0,
+    buffer_accesses=60.5,
+)
+POLL = Poll(
+    rows=10,
+    pollers=20,
+    requests=40,
+    p50_ms=1.0,
+    p99_ms=2.0,
+    server_p50_ms=0.8,
+    server_p99_ms=1.5,
+    server_cpu_p50_ms=0.5,
+)
+
+
 def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
     offline = Offline.measured(200, 20.0, stages_s={"read": 0.1, "infer": 4.0}, gradable=200)
     decoding = make_decoding([DecodeCost.measured("4000x3000", 1.0, 8, 20.0, 5.0, 15.0)], offline)
@@ -85,13 +107,16 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
         worker_peak_rss_mib_at_1000=1.0,
         worker_peak_rss_mib_at_end=2.0,
         worker_stages_s={"infer": 9.0},
+        database=COST,
     )
     served = Served(
-        ingest=Ingest.measured(200, 0.5, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0),
+        ingest=Ingest.measured(
+            200, 0.5, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, database=COST
+        ),
         pipeline=pipeline,
         end_to_end=Throughput.measured(200, 25.0),
         fairness=Fairness.measured(20, 200, 0.5, 0.75, 150),
-        poll=Poll(rows=10, pollers=20, requests=40, p50_ms=1.0, p99_ms=2.0),
+        poll=[POLL],
     )
     naive = Drain.measured(100, 25.0, worker_peak_rss_mib_at_1000=1, worker_peak_rss_mib_at_end=1)
     out = tmp_path / "deep" / "bench.json"
@@ -120,8 +145,11 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
     assert set(report["ingest"]) == THROUGHPUT | {
         "api_peak_rss_mib_at_1000",
         "api_peak_rss_mib_at_end",
+        "database",
     }
-    assert set(report["pipeline"]) == DRAIN | {"worker_stages_s"}
+    assert set(report["pipeline"]) == DRAIN | {"worker_stages_s", "database"}
+    assert report["ingest"]["database"] == report["pipeline"]["database"] == asdict(COST)
+    assert report["poll"] == [asdict(POLL)]
     assert set(report["naive"]) == DRAIN
     assert set(report["end_to_end"]) == THROUGHPUT
     assert report["fairness"] == {
@@ -299,11 +327,13 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
     throughput = Throughput.measured(4, 1.0)
     drain = Drain.measured(4, 1.0, worker_peak_rss_mib_at_1000=1, worker_peak_rss_mib_at_end=1)
     served = Served(
-        ingest=Ingest.measured(4, 0.1, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0),
-        pipeline=PipelineDrain(**asdict(drain), worker_stages_s={}),
+        ingest=Ingest.measured(
+            4, 0.1, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, database=COST
+        ),
+        pipeline=PipelineDrain(**asdict(drain), worker_stages_s={}, database=COST),
         end_to_end=throughput,
         fairness=Fairness.measured(2, 4, 1.0, 2.0, 1),
-        poll=Poll(rows=10, pollers=20, requests=40, p50_ms=1.0, p99_ms=2.0),
+        poll=[POLL],
     )
     report = make_report(
         "small", 4, ["CPU:0"], "db", offline, make_decoding(costs, offline), served, drain
@@ -316,6 +346,8 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
     assert "decode 2124x2056" in printed and "decode 4000x3000" in printed
     assert "decode mix" in printed and "50.0 / core" in printed  # 20 ms on average
     assert "decoder cores" in printed and "0.24" in printed  # 8 img/s / 33.3 per core
+    assert "server p50 0.8 ms, p99 1.5 ms, CPU p50 0.5 ms" in printed
+    assert "per image: 3.5 transactions, 2.0 rows inserted" in printed
     assert "behind another programme's 4 images (1 of them still pending" in printed
 
 
@@ -359,7 +391,7 @@ def test_bench_measures_every_figure_and_cleans_up(
         redis_url,
         out,
         *("--n", "12", "--naive-n", "3", "--batch-size", "4"),
-        *("--poll-rows", "200", "--poll-seconds", "0.5"),
+        *("--poll-rows", "200,400", "--poll-seconds", "0.5"),
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -373,8 +405,19 @@ def test_bench_measures_every_figure_and_cleans_up(
     # Summed from the worker's task reports, not its log.
     assert {"decode_wait", "infer", "write"} <= set(report["pipeline"]["worker_stages_s"])
     # Every one of the 20 pollers sends at least one request, however short the run.
-    assert report["poll"]["requests"] >= report["poll"]["pollers"] == 20
-    assert report["poll"]["p99_ms"] >= report["poll"]["p50_ms"]
+    small, large = report["poll"]
+    assert (small["rows"], large["rows"]) == (200, 400)
+    for poll in (small, large):
+        assert poll["requests"] >= poll["pollers"] == 20
+        assert poll["p99_ms"] >= poll["p50_ms"] > 0
+        # The application's own time is part of what the client waited for.
+        assert 0 < poll["server_p50_ms"] <= poll["p50_ms"]
+        assert poll["server_p99_ms"] >= poll["server_p50_ms"] >= poll["server_cpu_p50_ms"] * 0.5
+    for stage in ("ingest", "pipeline"):
+        cost = report[stage]["database"]
+        assert cost["images"] >= 12 and cost["transactions"] > 0, cost
+        assert cost["rows_inserted"] >= 1 and cost["buffer_accesses"] > 0, cost
+    assert report["pipeline"]["database"]["rows_updated"] >= 1  # claims and their moves
     assert set(report["ratios"]) == {
         "pipeline_over_offline",
         "pipeline_over_naive",
@@ -430,3 +473,25 @@ def test_bench_at_camera_sizes_reports_decode_cost_by_size(
     assert decoding["cores_to_feed_model"] > 0
     for row in ("decode 2124x2056", "decode 4000x3000", "decode mix", "decoder cores"):
         assert row in completed.stdout, row
+
+
+@pytest.mark.parametrize(
+    ("value", "rows"),
+    [("2000", [2000]), ("2000,100000,1000000", [2000, 100_000, 1_000_000]), ("1_000", [1000])],
+)
+def test_poll_rows_are_one_size_or_a_list(value: str, rows: list[int]) -> None:
+    assert parse_rows(value) == rows
+
+
+@pytest.mark.parametrize("value", ["", "many", "5", "100,x", "100,,200"])
+def test_poll_rows_refuse_anything_else(value: str) -> None:
+    with pytest.raises(click.BadParameter):
+        parse_rows(value)
+
+
+def test_the_server_timing_of_a_poll_is_read_from_the_api_header() -> None:
+    assert server_timing("app;dur=1.25, cpu;dur=0.50") == (1.25, 0.5)
+    assert server_timing('cpu;dur=2;desc="x", app;dur=3') == (3.0, 2.0)
+    for broken in ("", "app;dur=1.0", "total;dur=4"):
+        with pytest.raises(click.ClickException):
+            server_timing(broken)

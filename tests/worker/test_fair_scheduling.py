@@ -83,7 +83,7 @@ def test_a_small_batch_is_not_held_behind_another_programmes_backlog(
                 stderr=subprocess.STDOUT,
             )
             try:
-                wait_for(lambda: "warmed up" in log.read_text(), 120, "the worker", interval=0.2)
+                wait_for(lambda: " ready." in log.read_text(), 120, "the worker", interval=0.2)
                 files = [
                     ("images", (f"c{i}.jpg", fundus_jpeg(seed=1000 + i, size=128), "image/jpeg"))
                     for i in range(5)
