@@ -138,6 +138,23 @@ class ProgrammeTurn(Base):
     served_at: Mapped[OptionalTimestamp]
 
 
+class ActiveModel(Base):
+    """The registry model a role's workers serve, chosen by ``retinaq admin models activate``.
+
+    One row per role (only ``grading`` today); no row means the settings' model. Name,
+    version and SHA-256 are those the manifest gave when it was activated, so a worker
+    can tell a re-activated, changed file from the one it holds.
+    """
+
+    __tablename__ = "active_models"
+
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    sha256: Mapped[Sha256]
+    activated_at: Mapped[Timestamp]
+
+
 class ApiKey(Base):
     """An API key; only its SHA-256 is stored, the prefix identifies it in listings and logs."""
 
