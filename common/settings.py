@@ -184,6 +184,27 @@ class Settings(BaseSettings):
         description="Share of a process's body slots one API key may hold at once (at least "
         "one); over it, or over all of them, a request is answered 503 server_busy.",
     )
+    api_metrics: bool = Field(
+        default=True,
+        description="Serve GET /metrics (Prometheus) on the API, to requests that did not come "
+        "through the proxy (no X-Forwarded-For); false answers 404.",
+    )
+    api_metrics_dir: Path | None = Field(
+        default=None,
+        description="The folder where retinaq api's gunicorn processes keep their metrics "
+        "(PROMETHEUS_MULTIPROC_DIR), emptied at each start; default "
+        "<temp dir>/retinaq-api-metrics-<port>. One per server.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="A worker serves its Prometheus metrics, and a liveness answer a busy "
+        "solo worker still gives, on this port; 0 turns it off.",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0", description="The address a worker's metrics server listens on."
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Seals pagination cursors; every API process needs the same one. The "
