@@ -1,23 +1,38 @@
-"""``retinaq admin``: programmes, API keys and retention, straight against the database."""
+"""``retinaq admin``: programmes, API keys, retention and requeueing, straight against the
+database (``retinaq admin models`` is :mod:`cli.admin_models`)."""
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from common.access.apikeys import create_programme, issue_api_key, revoke_api_key
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import SchemaNotAtHead, assert_schema_at_head
-from common.db.tables import ApiKey, Programme, utcnow
+from common.db.tables import (
+    PENDING_IMAGE_STATES,
+    ApiKey,
+    Batch,
+    BatchStat,
+    BatchState,
+    Image,
+    Programme,
+    utcnow,
+)
+from common.lifecycle.requeue import BatchCancelled, BatchNotFound, requeue_batch
 from common.lifecycle.retention import purge_older_than
-from common.settings import get_settings
+from common.queue import make_celery
+from common.settings import Settings, get_settings
 from common.storage import open_store
 from common.storage.blobs import sweep_orphans
 
@@ -72,7 +87,7 @@ class _Limit(click.ParamType):
 
 @click.group("admin")
 def admin() -> None:
-    """Manage programmes, their API keys, and data retention."""
+    """Manage programmes, their API keys, data retention, requeueing and the served model."""
 
 
 def _expiry(expires_in: timedelta | None) -> datetime | None:
@@ -261,3 +276,169 @@ def sweep(grace: timedelta | None) -> None:
     click.echo(f"unnamed objects removed: {report.objects_removed}")
     click.echo(f"blob rows removed: {report.rows_removed}")
     click.echo(f"abandoned upload spools removed: {report.spools_removed}")
+
+
+@dataclass(frozen=True)
+class ProgrammeSummary:
+    """One row of ``retinaq admin programmes``."""
+
+    name: str
+    id: str
+    max_pending_images: int
+    max_pending_images_default: bool
+    max_images_per_minute: int
+    max_images_per_minute_default: bool
+    pending_images: int
+    last_activity_at: str | None
+    active_keys: int
+    keys: int
+
+
+def programme_summaries(session: Session, settings: Settings) -> list[ProgrammeSummary]:
+    """Every programme with its effective quotas, pending images, last activity and keys.
+
+    Pending comes from the per-batch counters (``batch_stats``) of unfinished batches, and
+    last activity from index probes, so the cost follows programmes and batches, never the
+    number of images.
+    """
+    now = utcnow()
+    unfinished = (BatchState.OPEN, BatchState.QUEUED, BatchState.PROCESSING)
+    pending = (
+        select(func.coalesce(func.sum(BatchStat.value), 0))
+        .join(Batch, Batch.id == BatchStat.batch_id)
+        .where(
+            Batch.programme_id == Programme.id,
+            Batch.state.in_(unfinished),
+            BatchStat.stat.in_([state.value for state in PENDING_IMAGE_STATES]),
+        )
+        .scalar_subquery()
+    )
+    last_batch = (
+        select(func.max(Batch.created_at))
+        .where(Batch.programme_id == Programme.id)
+        .scalar_subquery()
+    )
+    last_image = (
+        select(func.max(Image.created_at))
+        .where(Image.programme_id == Programme.id)
+        .scalar_subquery()
+    )
+    usable = and_(
+        ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
+    )
+    keys = select(func.count()).where(ApiKey.programme_id == Programme.id).scalar_subquery()
+    active_keys = (
+        select(func.count()).where(ApiKey.programme_id == Programme.id, usable).scalar_subquery()
+    )
+    rows = session.execute(
+        select(
+            Programme.name,
+            Programme.id,
+            Programme.max_pending_images,
+            Programme.max_images_per_minute,
+            pending,
+            last_batch,
+            last_image,
+            active_keys,
+            keys,
+        ).order_by(Programme.name)
+    ).all()
+    summaries = []
+    for row in rows:
+        columns: tuple[Any, ...] = tuple(row)
+        name, programme_id, max_pending, per_minute, waiting, batch_at, image_at = columns[:7]
+        moments = [_aware(moment) for moment in (batch_at, image_at) if moment is not None]
+        summaries.append(
+            ProgrammeSummary(
+                name=name,
+                id=str(programme_id),
+                max_pending_images=max_pending or settings.default_max_pending_images,
+                max_pending_images_default=max_pending is None,
+                max_images_per_minute=per_minute or settings.default_max_images_per_minute,
+                max_images_per_minute_default=per_minute is None,
+                pending_images=int(waiting),
+                last_activity_at=max(moments).isoformat() if moments else None,
+                active_keys=int(columns[7]),
+                keys=int(columns[8]),
+            )
+        )
+    return summaries
+
+
+@admin.command("programmes")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+def programmes(as_json: bool) -> None:
+    """List programmes: quotas, pending images, last activity and API keys.
+
+    Exit status 0; 1 when the database cannot be read or is not at the schema head.
+    """
+    settings = get_settings()
+    with admin_session() as session:
+        summaries = programme_summaries(session, settings)
+    if as_json:
+        click.echo(json.dumps({"programmes": [asdict(s) for s in summaries]}, indent=2))
+        return
+    if not summaries:
+        click.echo("no programmes (create one with `retinaq admin create-programme NAME`)")
+        return
+    header = ("programme", "pending", "max pending", "max/min", "keys", "last activity (UTC)")
+    lines = [header]
+    for s in summaries:
+        lines.append(
+            (
+                s.name,
+                str(s.pending_images),
+                _quota_cell(s.max_pending_images, s.max_pending_images_default),
+                _quota_cell(s.max_images_per_minute, s.max_images_per_minute_default),
+                f"{s.active_keys} active of {s.keys}",
+                "never"
+                if s.last_activity_at is None
+                else s.last_activity_at[:19].replace("T", " "),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _moment_cell(iso: str | None) -> str:
+    return "never" if iso is None else iso[:19].replace("T", " ")
+
+
+def _quota_cell(value: int, is_default: bool) -> str:
+    return f"{value} (default)" if is_default else str(value)
+
+
+@admin.command("requeue")
+@click.argument("batch_id", type=click.UUID)
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Also give the batch's failed images a fresh start (attempts and error cleared).",
+)
+def requeue(batch_id: uuid.UUID, failed: bool) -> None:
+    """Send a batch's pending images back to work now.
+
+    Queued images are sent again and images whose lease ran out (a dead worker's) are
+    handed back; images under a live lease are being graded and are left alone. Exit
+    status 0 when done; 1 for an unknown, purged or cancelled batch, or a database or
+    broker that cannot be reached; 2 for a malformed batch id.
+    """
+    settings = get_settings()
+    engine = engine_from_settings(settings)
+    try:
+        assert_schema_at_head(engine)
+        celery = make_celery(settings, name="retinaq-admin")
+        report = requeue_batch(make_sessionmaker(engine), celery, settings, batch_id, failed=failed)
+    except (SchemaNotAtHead, BatchNotFound, BatchCancelled) as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        engine.dispose()
+    click.echo(f"batch {batch_id}")
+    click.echo(f"queued images sent again: {report.queued_resent}")
+    click.echo(f"expired leases handed back: {report.leases_handed_back}")
+    if failed:
+        click.echo(f"failed images restarted: {report.failed_restarted}")
+    click.echo(f"out of attempts, now failed: {report.exhausted}")
+    click.echo(f"being graded now (live lease), left alone: {report.still_processing}")
+    click.echo(f"batch state: {report.batch_state.value}")

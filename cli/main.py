@@ -7,8 +7,10 @@ import logging
 import click
 
 from cli.admin import admin
+from cli.admin_models import models
 from cli.bench import bench
 from cli.demo import demo
+from cli.doctor import doctor
 from cli.modelling import evaluate, synth, train
 from cli.quality import quality_eval
 from cli.servers import api, db, reconcile, worker
@@ -22,12 +24,14 @@ def cli() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+admin.add_command(models)
 for command in (
     demo,
     submit,
     status,
     results,
     admin,
+    doctor,
     db,
     api,
     worker,
