@@ -22,7 +22,7 @@ from worker.heartbeat import HEARTBEAT_OPTION, HeartbeatStep
 log = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), name="retinaq-worker")
-app.conf.imports = ("worker.tasks",)
+app.conf.imports = ("worker.tasks", "worker.model_switch")  # model_switch: the active model
 app.user_options["worker"].add(HEARTBEAT_OPTION)
 app.steps["worker"].add(HeartbeatStep)
 
