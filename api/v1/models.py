@@ -7,10 +7,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from api.errors import not_found
-from api.state import api_state
-from common.modelling.manifest import ManifestError, read_manifest
+from api.state import api_state, db_session
+from common.modelling.activation import Activation, active_model, serving_model_name
+from common.modelling.manifest import ManifestError
 from common.modelling.registry import RegisteredModel, available_models, find_model
-from common.settings import Settings
 
 bp = Blueprint("models", __name__)
 
@@ -24,21 +24,36 @@ def _model_body(model: RegisteredModel, serving: str) -> dict[str, Any]:
     }
 
 
-def _serving(settings: Settings) -> str:
-    """The name in the manifest of the file workers load (a model path overrides the name)."""
-    try:
-        return read_manifest(settings.model_file).name
-    except ManifestError:
-        return settings.model_name
+def _activation_body(activation: Activation | None) -> dict[str, Any] | None:
+    if activation is None:
+        return None
+    return {
+        "name": activation.name,
+        "version": activation.version,
+        "sha256": activation.sha256,
+        "activated_at": activation.activated_at.isoformat(),
+    }
 
 
 @bp.get("/models")
 def list_models() -> Response:
-    """Every model in the registry with its manifest; ``serving`` marks the workers' model."""
+    """Every model in the registry with its manifest; ``serving`` marks the workers' model.
+
+    ``active`` is the model an administrator activated (``retinaq admin models activate``),
+    which workers switch to between tasks; null when none was, and workers serve the
+    settings' model. A model file pinned by ``RETINAQ_MODEL_PATH`` outranks it.
+    """
     settings = api_state().settings
-    serving = _serving(settings)
+    activation = active_model(db_session())
+    serving = serving_model_name(settings, activation)
     models = available_models(settings.models_dir)
-    return jsonify({"serving": serving, "items": [_model_body(m, serving) for m in models]})
+    return jsonify(
+        {
+            "serving": serving,
+            "active": _activation_body(activation),
+            "items": [_model_body(m, serving) for m in models],
+        }
+    )
 
 
 @bp.get("/models/<name>")
@@ -49,4 +64,4 @@ def get_model(name: str) -> Response:
         model = find_model(settings.models_dir, name)
     except ManifestError as error:
         raise not_found("model") from error
-    return jsonify(_model_body(model, _serving(settings)))
+    return jsonify(_model_body(model, serving_model_name(settings, active_model(db_session()))))
