@@ -11,6 +11,7 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -220,6 +221,11 @@ class Settings(BaseSettings):
     status_retry_after_s: int = Field(default=5, ge=1)
 
     log_level: str = "INFO"
+    log_format: Literal["json", "text", ""] = Field(
+        default="",
+        description="json: one JSON object a line, for a log pipeline; text: lines for a "
+        "person. Default json, except text in the embedded profile (make demo).",
+    )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -230,6 +236,8 @@ class Settings(BaseSettings):
         if not self.broker_url:
             object.__setattr__(self, "broker_url", f"filesystem://{var / 'broker'}")
         self._resolve_storage(var)
+        if not self.log_format:
+            object.__setattr__(self, "log_format", "text" if self.is_embedded else "json")
         if self.model_path is None:
             path = self.models_dir / self.model_name / "model.keras"
             object.__setattr__(self, "model_path", path)

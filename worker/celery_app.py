@@ -3,7 +3,9 @@
 Start it with ``celery -A worker worker --pool=solo`` (one process per accelerator) or
 ``retinaq worker``. With the prefork pool the model loads in each child after the fork,
 never in the parent. A worker that cannot load its model or reach a migrated database
-stops at once rather than accepting tasks it cannot grade.
+stops at once rather than accepting tasks it cannot grade. Every line it logs, Celery's
+own included, comes out in ``RETINAQ_LOG_FORMAT`` and names the task in hand
+(:mod:`worker.log_context`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.exceptions import WorkerShutdown
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
+from common.logs import add_context, configure_logging
 from common.queue import make_celery
 from common.settings import get_settings
 from worker.heartbeat import HEARTBEAT_OPTION, HeartbeatStep
+from worker.log_context import task_log_context
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,18 @@ app = make_celery(get_settings(), name="retinaq-worker")
 app.conf.imports = ("worker.tasks", "worker.model_switch")  # model_switch: the active model
 app.user_options["worker"].add(HEARTBEAT_OPTION)
 app.steps["worker"].add(HeartbeatStep)
+
+
+@setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (``RETINAQ_LOG_FORMAT``) for every line, Celery's own included.
+
+    Connecting this signal stops Celery from installing its handlers on the root logger;
+    ``--loglevel`` still sets the level.
+    """
+    settings = get_settings()
+    configure_logging(settings.log_format, loglevel or settings.log_level)
+    add_context(task_log_context)
 
 
 def _load_runtime_or_stop() -> None:
