@@ -10,6 +10,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
+from api.hooks.request_ids import current_request_id
 from api.quotas import enforce_quotas
 from api.state import ApiState
 from api.uploads import ImageMetadata, display_filename, match_metadata
@@ -56,6 +57,8 @@ def record_images(
                 "filename": name,
                 "patient_id": facts.patient_id,
                 "laterality": facts.laterality,
+                # Worker log lines about this image name the upload that sent it.
+                "request_id": current_request_id(),
                 "state": ImageState.QUEUED,
                 "attempts": 0,
                 "created_at": now,
@@ -96,9 +99,19 @@ def enqueue_grading(state: ApiState, image_ids: list[uuid.UUID]) -> None:
     """Send one grading task per micro-batch of ids, only after the rows are committed.
 
     A failed publish is logged, not raised: the rows are durable and stay ``queued``, and
-    the reconciler re-sends queued images whose ``enqueued_at`` has grown stale.
+    the reconciler re-sends queued images whose ``enqueued_at`` has grown stale. The tasks
+    carry this request's id in their headers, for the worker's log lines.
     """
     try:
-        send_grading(state.celery, state.settings, image_ids)
+        tasks = send_grading(
+            state.celery, state.settings, image_ids, request_id=current_request_id()
+        )
     except Exception:
         log.exception("could not enqueue %d image(s); they stay queued", len(image_ids))
+    else:
+        log.info(
+            "sent %d image(s) for grading in %d task(s)",
+            len(image_ids),
+            tasks,
+            extra={"images": len(image_ids), "tasks": tasks},
+        )

@@ -2,6 +2,8 @@
 
 The API enqueues by task *name* through an app built here, so it never imports the worker
 or TensorFlow. The broker is only a hint: the database says what remains to be graded.
+A grading task sent for an upload carries the upload's request id in its headers
+(:data:`REQUEST_ID_HEADER`), so the worker's log lines can name the request that sent it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from common.settings import Settings
 
 GRADE_IMAGES_TASK = "retinaq.grade_images"
 HEATMAP_TASK = "retinaq.explain_images"
+# The message header naming the HTTP request (``X-Request-ID``) that sent a task.
+REQUEST_ID_HEADER = "request_id"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -64,26 +68,37 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         # SIGTERM (warm shutdown) finishes the micro-batch in hand and stops consuming; on a
         # cold shutdown the task in hand still gets this long before the worker exits.
         worker_soft_shutdown_timeout=settings.shutdown_timeout_s,
+        # Task events (sent, received, started, succeeded, failed) for Flower and other
+        # monitors: one small broker message per step, against seconds of work per task.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         enable_utc=True,
     )
     return app
 
 
-def send_grading(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:
+def send_grading(
+    celery: Celery, settings: Settings, image_ids: list[Any], *, request_id: str | None = None
+) -> int:
     """One grading task per ``task_size`` ids; a broker hiccup is retried briefly.
 
     Tasks are formed where the images arrive (one upload request becomes one or a few
     tasks), so a lone image is sent at once; the worker may still fill a short model batch
-    with other queued images for up to ``batch_wait_ms``.
+    with other queued images for up to ``batch_wait_ms``. ``request_id``, the upload's,
+    travels in each task's headers. Returns how many tasks were sent.
     """
-    for chunk in chunked([str(i) for i in image_ids], settings.task_size):
+    chunks = chunked([str(i) for i in image_ids], settings.task_size)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    for chunk in chunks:
         celery.send_task(
             GRADE_IMAGES_TASK,
             args=[chunk],
             queue=settings.queue_name,
+            headers=headers,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
+    return len(chunks)
 
 
 def send_heatmap_task(celery: Celery, settings: Settings, image_ids: list[Any]) -> None:

@@ -45,15 +45,23 @@ def grade_images_task(image_ids: list[str]) -> dict[str, int]:
         # them again, so an outage of the store costs attempts, never a wrong "failed".
         log.error("image store unavailable; returning %d image id(s) to the queue", len(image_ids))
         raise Reject(str(error), requeue=True) from error
+    counts = {
+        "claimed": report.claimed,
+        "graded": report.graded,
+        "ungradable": report.ungradable,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "fenced_out": report.fenced_out,
+        "inferred": report.inferred,
+    }
+    timings_ms = {k: round(v, 1) for k, v in report.timings_ms.items()}
+    # The task's header names the upload that sent it (every line of this task carries it,
+    # worker.log_context); the micro-batch lines name the uploads whose images it graded.
     log.info(
-        "graded=%d ungradable=%d failed=%d skipped=%d fenced_out=%d inferred=%d timings_ms=%s",
-        report.graded,
-        report.ungradable,
-        report.failed,
-        report.skipped,
-        report.fenced_out,
-        report.inferred,
-        {k: round(v, 1) for k, v in report.timings_ms.items()},
+        "task done: %s timings_ms=%s",
+        " ".join(f"{k}={v}" for k, v in counts.items()),
+        timings_ms,
+        extra={**counts, "timings_ms": timings_ms},
     )
     reports = runtime.settings.task_reports_path
     if reports is not None:

@@ -243,6 +243,8 @@ class Image(Base):
     filename: Mapped[str] = mapped_column(String(255))
     patient_id: Mapped[str | None] = mapped_column(String(128))
     laterality: Mapped[str | None] = mapped_column(String(1))
+    # The X-Request-ID of the upload that sent it: worker log lines about it name the request.
+    request_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[ImageState] = mapped_column(_enum(ImageState, "image_state"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

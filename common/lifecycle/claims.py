@@ -35,6 +35,8 @@ class Claim:
     sha256: str
     storage_path: str
     attempt: int
+    # The X-Request-ID of the upload that sent the image, for log lines (None before 0009).
+    request_id: str | None = None
 
     @property
     def content(self) -> tuple[uuid.UUID, str]:
@@ -79,6 +81,7 @@ def claim_images(
             Image.sha256,
             Image.storage_path,
             Image.attempts,
+            Image.request_id,
         )
         .execution_options(synchronize_session=False)
     ).all()

@@ -230,6 +230,28 @@ def _finish(runtime: WorkerRuntime, staged: _Staged, report: GradingReport) -> N
     if recorded.to_explain:
         runtime.request_heatmaps(recorded.to_explain)
     _add_time(report, "write", clock)
+    _log_micro_batch(claims, recorded.graded, recorded.ungradable, recorded.failed)
+
+
+def _log_micro_batch(claims: list[Claim], graded: int, ungradable: int, failed: int) -> None:
+    """One line per micro-batch naming the uploads it served: a task grades images of
+    whichever programmes are next in turn, so its own header's request id is not enough."""
+    log.info(
+        "micro-batch of %d image(s): graded=%d ungradable=%d failed=%d",
+        len(claims),
+        graded,
+        ungradable,
+        failed,
+        extra={
+            "images": len(claims),
+            "graded": graded,
+            "ungradable": ungradable,
+            "failed": failed,
+            "image_ids": [str(c.image_id) for c in claims],
+            "batch_ids": sorted({str(c.batch_id) for c in claims}),
+            "request_ids": sorted({c.request_id for c in claims if c.request_id}),
+        },
+    )
 
 
 def _add_time(report: GradingReport, stage: str, since: float) -> None:
@@ -309,7 +331,11 @@ def prepare_claim(runtime: WorkerRuntime, claim: Claim) -> PreparedImage | Image
     except ImageDecodeError as error:
         return error
     except Exception as error:  # one unreadable file must never fail its neighbours
-        log.exception("image %s could not be prepared", claim.image_id)
+        log.exception(
+            "image %s could not be prepared",
+            claim.image_id,
+            extra={"request_id": claim.request_id, "batch_id": str(claim.batch_id)},
+        )
         return ImageDecodeError(
             "unreadable_image", f"the image could not be read or decoded ({type(error).__name__})"
         )
