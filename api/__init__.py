@@ -14,6 +14,7 @@ from api.hooks.hosts import install_origin
 from api.hooks.json_bodies import limit_json_body
 from api.hooks.request_ids import assign_request_id, echo_request_id
 from api.hooks.server_timing import add_server_timing, start_clock
+from api.metrics import install_metrics
 from api.state import ApiState, api_state, close_db_session
 from api.uploads import StreamingRequest
 from api.v1 import create_v1
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Flask:
     register_error_handlers(app)
     app.teardown_appcontext(close_db_session)
     app.teardown_request(_discard_uncommitted_uploads)
+    install_metrics(app, settings, engine)  # wraps wsgi_app last: outside the origin check
     logging.getLogger("api").setLevel(settings.log_level)
     return app
 
