@@ -7,14 +7,19 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import click
 
 from cli.extras import require_extra
 from common.db.engine import engine_from_settings
 from common.db.schema import SchemaNotAtHead, assert_schema_at_head, upgrade_to_head
-from common.settings import get_settings
+from common.settings import Settings, get_settings
+
+# prometheus_client's own variable: gunicorn's processes count into files of this folder.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def require_schema_at_head() -> None:
@@ -69,6 +74,7 @@ def upgrade() -> None:
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API with gunicorn (never Flask's development server)."""
     require_schema_at_head()
+    os.environ[METRICS_DIR_VARIABLE] = str(prepare_api_metrics_dir(get_settings(), port))
     _exec(
         [
             "gunicorn",
@@ -83,6 +89,20 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
             "api.wsgi:app",
         ]
     )
+
+
+def prepare_api_metrics_dir(settings: Settings, port: int) -> Path:
+    """The API's multiprocess metrics folder, created and emptied of a former run's files.
+
+    Set before gunicorn starts, so every process it forks counts into it (prometheus_client
+    chooses its storage when first imported); emptied, so counts restart with the server as
+    Prometheus expects of a counter. One folder per server: the port tells servers apart.
+    """
+    folder = settings.api_metrics_dir or Path(tempfile.gettempdir()) / f"retinaq-api-metrics-{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return folder
 
 
 @click.command(

@@ -5,8 +5,19 @@ Threads serve requests; a connection gets one only once its request head is comp
 (uploads) never get every thread: ``RETINAQ_API_RESERVED_THREADS`` of each process's
 ``threads`` (2) are kept for requests without one, and one API key may hold at most
 ``RETINAQ_API_KEY_UPLOAD_SHARE`` (half) of the rest (``api.serving.admission``). The command line
-adds the bind address and the numbers of processes and threads.
+adds the bind address and the numbers of processes and threads. ``retinaq api`` also sets
+``PROMETHEUS_MULTIPROC_DIR``, the folder where the processes keep the metrics ``/metrics``
+adds up (``api.metrics``); the hooks below tidy it.
 """
+
+from __future__ import annotations
+
+import os
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
+
+from api.metrics import MULTIPROC_DIR_VARIABLE
 
 worker_class = "api.serving.head_first.HeadFirstWorker"
 threads = 8
@@ -32,3 +43,22 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms %({x-re
 # No runtime control socket: one default path per user would be shared by every server on
 # the host (tests start several), and the supervisor, not gunicornc, manages processes.
 control_socket_disable = True
+
+
+def on_starting(server: Arbiter) -> None:
+    """Say when /metrics would add up one process's counts only (gunicorn run by hand)."""
+    if server.log and not os.environ.get(MULTIPROC_DIR_VARIABLE) and server.cfg.workers > 1:
+        server.log.warning(
+            "%s is not set: each of the %d processes answers /metrics with its own counts; "
+            "`retinaq api` sets it (docs/operations.md, Metrics)",
+            MULTIPROC_DIR_VARIABLE,
+            server.cfg.workers,
+        )
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """A process ended: prometheus_client's multiprocess bookkeeping drops its live gauges."""
+    if os.environ.get(MULTIPROC_DIR_VARIABLE):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
