@@ -15,13 +15,17 @@ from cli.modelling import evaluate, synth, train
 from cli.quality import quality_eval
 from cli.servers import api, db, reconcile, worker
 from cli.submitting import results, status, submit
+from common.logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="retinaq")
 def cli() -> None:
     """RetinaQ: a distributed screening queue for diabetic-retinopathy fundus photographs."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Text for a person at the console (the servers switch to RETINAQ_LOG_FORMAT themselves);
+    # a host that set up logging already, such as a test runner, keeps its own.
+    if not logging.getLogger().handlers:
+        configure_logging("text", logging.WARNING)
 
 
 admin.add_command(models)

@@ -16,10 +16,13 @@ import click
 from cli.extras import require_extra
 from common.db.engine import engine_from_settings
 from common.db.schema import SchemaNotAtHead, assert_schema_at_head, upgrade_to_head
+from common.logs import configure_logging
 from common.settings import Settings, get_settings
 
 # prometheus_client's own variable: gunicorn's processes count into files of this folder.
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger(__name__)
 
 
 def require_schema_at_head() -> None:
@@ -147,7 +150,10 @@ def reconcile(once: bool, interval: float | None) -> None:
 
     require_schema_at_head()
     settings = get_settings()
-    logging.getLogger("common").setLevel(settings.log_level)
+    # Other libraries stay at WARNING; what the reconciler does is logged at the setting.
+    configure_logging(settings.log_format, logging.WARNING)
+    for name in ("common", __name__):
+        logging.getLogger(name).setLevel(settings.log_level)
     engine = engine_from_settings(settings)
     sessions = make_sessionmaker(engine)
     celery = make_celery(settings, name="retinaq-reconciler")
@@ -155,7 +161,7 @@ def reconcile(once: bool, interval: float | None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pause = interval if interval is not None else settings.reconcile_interval_s
-    click.echo(f"reconciler: a pass every {pause:g}s", err=True)
+    log.info("reconciler: a pass every %gs", pause, extra={"interval_s": pause})
     try:
         while True:
             try:
@@ -176,7 +182,7 @@ def reconcile(once: bool, interval: float | None) -> None:
             except Exception as error:  # a pass fails whole; the next one starts afresh
                 if once:
                     raise
-                click.echo(f"reconciler pass failed: {error.__class__.__name__}", err=True)
+                log.error("reconciler pass failed: %s", error.__class__.__name__)
             if once or stop.wait(pause):
                 break
     except KeyboardInterrupt:
