@@ -39,7 +39,11 @@ DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
 TARGETS = re.findall(r"^FROM \S+ AS (\w+)$", DOCKERFILE, flags=re.MULTILINE)
 COMPOSE_SCHEMA = json.loads((DATA_DIR / "compose-spec" / "compose-spec.json").read_text())
 # What an operator must export before `docker compose up` (the rest have defaults).
-REQUIRED = {"RETINAQ_SECRET_KEY": "a-secret", "RETINAQ_S3_SECRET_ACCESS_KEY": "an-s3-secret"}
+REQUIRED = {
+    "RETINAQ_SECRET_KEY": "a-secret",
+    "RETINAQ_S3_SECRET_ACCESS_KEY": "an-s3-secret",
+    "RETINAQ_FLOWER_BASIC_AUTH": "admin:a-flower-password",
+}
 EXTRA_HOST = {
     "RETINAQ_DATABASE_URL": "postgresql+psycopg://retinaq:pw@db.internal:5432/retinaq",
     "RETINAQ_BROKER_URL": "redis://queue.internal:6379/0",
@@ -136,6 +140,7 @@ def test_all_services_are_present() -> None:
         "proxy",
         *WORKERS,
         "reconciler",
+        "flower",
     }
 
 
