@@ -1,20 +1,27 @@
-"""``--heartbeat-file``: a file the worker touches from a thread, for container health checks.
+"""A worker's liveness: a heartbeat thread, the file it touches (``--heartbeat-file``) for
+container health checks, and the metrics server (``RETINAQ_METRICS_PORT``) that reports it.
 
 A solo-pool worker runs its task on the one thread that would answer ``celery inspect
 ping``, so a worker busy grading (minutes, for a large task) cannot answer and would be
-restarted as dead. A thread of its own keeps touching this file whatever the task thread
-is doing; a health check reads how long ago it was touched.
+restarted as dead. A thread of its own keeps beating whatever the task thread is doing:
+it touches the file, whose age a health check reads, and notes the time, whose age
+``/healthz`` and ``retinaq_worker_heartbeat_age_seconds`` report (:mod:`worker.metrics`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from celery import bootsteps
+from celery.concurrency.prefork import TaskPool as PreforkPool
+
+from common.settings import get_settings
+from worker.metrics import MetricsServer, watch_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +36,30 @@ HEARTBEAT_OPTION = click.Option(
 
 
 class Heartbeat:
-    """A daemon thread touching ``path`` every ``interval_s`` seconds until stopped."""
+    """A daemon thread beating every ``interval_s`` seconds until stopped, touching ``path``
+    (when given) at each beat; a beat whose touch fails does not count."""
 
-    def __init__(self, path: Path, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+    def __init__(self, path: Path | None, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
         self.path = path
         self.interval_s = interval_s
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._failing = False
+        self._last_beat = time.monotonic()
 
     def start(self) -> None:
         """Touch the file now (an unwritable path fails here, at startup), then keep on."""
-        self.path.touch()
+        self._beat()
         self._thread.start()
+
+    def age_s(self) -> float:
+        """Seconds since the last beat."""
+        return time.monotonic() - self._last_beat
+
+    def _beat(self) -> None:
+        if self.path is not None:
+            self.path.touch()
+        self._last_beat = time.monotonic()
 
     def stop(self) -> None:
         """Stop touching; the file ages until a health check fails."""
@@ -52,7 +70,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stopped.wait(self.interval_s):
             try:
-                self.path.touch()
+                self._beat()
             except OSError as error:
                 if not self._failing:  # once per outage, not every beat
                     log.warning("cannot touch heartbeat file %s: %s", self.path, error)
@@ -62,7 +80,8 @@ class Heartbeat:
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
-    """Runs a :class:`Heartbeat` for the worker's lifetime when ``--heartbeat-file`` is given.
+    """Runs a :class:`Heartbeat` for the worker's lifetime, with ``--heartbeat-file`` or
+    ``RETINAQ_METRICS_PORT``, and the metrics server beside it when the port is set.
 
     It starts with the worker, before the consumer (and so before the model loads): it
     tells a health check that the process is alive, not that it has finished loading.
@@ -71,12 +90,39 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def __init__(self, parent: Any, heartbeat_file: str | None = None, **options: Any) -> None:
         super().__init__(parent, **options)
         self.path = Path(heartbeat_file) if heartbeat_file else None
+        settings = get_settings()
+        self.metrics_host = settings.metrics_host
+        self.metrics_port = settings.metrics_port
+        self.server: MetricsServer | None = None
 
     def include_if(self, parent: Any) -> bool:
-        """Only with ``--heartbeat-file``."""
-        return self.path is not None
+        """Only with ``--heartbeat-file`` or a metrics port."""
+        return self.path is not None or self.metrics_port > 0
 
     def create(self, parent: Any) -> Heartbeat:
         """The heartbeat that :meth:`start` and :meth:`stop` drive."""
-        assert self.path is not None
         return Heartbeat(self.path)
+
+    def start(self, parent: Any) -> None:
+        """Beat, then serve metrics (a port in use stops the worker here, at start)."""
+        super().start(parent)
+        if self.metrics_port <= 0:
+            return
+        heartbeat: Heartbeat = self.obj
+        watch_heartbeat(heartbeat.age_s)
+        pool = getattr(parent, "pool_cls", None)
+        if isinstance(pool, type) and issubclass(pool, PreforkPool):
+            log.warning(
+                "metrics: with the prefork pool tasks run in child processes whose counts this "
+                "server cannot see; it reports the heartbeat only (use --pool=solo, "
+                "one process per accelerator)"
+            )
+        self.server = MetricsServer(self.metrics_host, self.metrics_port, heartbeat.age_s)
+        self.server.start()
+
+    def stop(self, parent: Any) -> None:
+        """Stop serving, then stop beating."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        super().stop(parent)

@@ -27,6 +27,7 @@ from common.screening.quality import QualityThresholds
 from common.settings import Settings, get_settings
 from common.storage import ObjectStore, open_store
 from worker.grading.recording import Recorder
+from worker.metrics import record_model
 
 if TYPE_CHECKING:
     from worker.ml.gradcam import GradCam
@@ -136,6 +137,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         xla=settings.xla,
         mixed_precision=settings.mixed_precision,
     )
+    manifest = model.manifest
+    record_model(manifest.name, manifest.version, manifest.sha256, devices)
     store = open_store(settings)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     runtime = WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)

@@ -35,6 +35,7 @@ from common.storage.base import StoreUnavailable
 from worker.db_retry import with_db_retry
 from worker.grading.lease_keeper import LeaseKeeper
 from worker.grading.recording import known_outcomes, record_outcomes
+from worker.metrics import StageClock, observe_recorded
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -167,10 +168,12 @@ def _grade_in_turn(
     through the model, so decoding overlaps inference across micro-batches as it does
     within one, and the model never waits for a claim.
     """
+    clock = StageClock()
     staged = _stage(runtime, next(micro_batches, None), report)
     while staged is not None:
         following = _stage(runtime, next(micro_batches, None), report)
         _finish(runtime, staged, report)
+        clock.observe(report.timings_ms, len(staged.claims))
         staged = following
 
 
@@ -227,6 +230,7 @@ def _finish(runtime: WorkerRuntime, staged: _Staged, report: GradingReport) -> N
     report.ungradable += recorded.ungradable
     report.failed += recorded.failed
     report.fenced_out += len(claims) - recorded.graded - recorded.ungradable - recorded.failed
+    observe_recorded(predictions, failures, recorded)
     if recorded.to_explain:
         runtime.request_heatmaps(recorded.to_explain)
     _add_time(report, "write", clock)
