@@ -30,7 +30,7 @@ from common.modelling.activation import (
     pinned_model_file,
     serving_model_file,
 )
-from common.modelling.manifest import ManifestError
+from common.modelling.manifest import ManifestError, read_manifest
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -74,31 +74,28 @@ def load_activated(runtime: WorkerRuntime, activation: Activation) -> WorkerRunt
     path = serving_model_file(settings, activation)
     started = time.perf_counter()
     try:
+        # The manifest first: a copy that is not the activated file is refused unloaded.
+        found = read_manifest(path).sha256
+        if found != activation.sha256:
+            raise ManifestError(
+                f"it was activated with SHA-256 {activation.sha256}, but this host's copy "
+                f"({path}) says {found}"
+            )
         model = load_model(
             path,
             settings.grading_batch_size,
             xla=settings.xla,
             mixed_precision=settings.mixed_precision,
         )
-    except (ManifestError, OSError, ValueError) as error:
+        if model.manifest.sha256 != activation.sha256:  # rewritten while it was loading
+            raise ManifestError(f"{path} changed while it was loading")
+    except Exception as error:  # whatever a file does to Keras, the held model keeps serving
         _refused = (activation.name, activation.sha256)
         log.error(
             "model %s was activated but cannot be served here, still serving %s: %s",
             activation.name,
             runtime.model.manifest.name,
             error,
-        )
-        return None
-    if model.manifest.sha256 != activation.sha256:
-        _refused = (activation.name, activation.sha256)
-        log.error(
-            "model %s was activated with SHA-256 %s, but this host's copy (%s) has %s; "
-            "still serving %s",
-            activation.name,
-            activation.sha256,
-            path,
-            model.manifest.sha256,
-            runtime.model.manifest.name,
         )
         return None
     _refused = None
