@@ -20,8 +20,8 @@ Runs on the production profile (PostgreSQL and Redis) in a scratch database and 
 7. ``poll``       p50/p99 of ``GET /v1/batches/<id>`` on a batch of each ``--poll-rows``
                   size under 20 concurrent pollers, as clients saw it and as the API spent
                   it (its ``Server-Timing``) (:mod:`cli.bench.poll`).
-Ingest and pipeline also report PostgreSQL's work per image from its own counters
-(:mod:`cli.bench.database`). End to end and fairness measure latency and overlap, not
+Ingest and pipeline also report PostgreSQL's and Redis' work per image from their own
+counters (:mod:`cli.bench.backends`). End to end and fairness measure latency and overlap, not
 scale, so they use at most 2,000 images whatever ``--n``.
 The worker's peak RSS is read after 1,000 results and at the end of each drain. Inputs
 are in :mod:`cli.bench.data`, the servers in :mod:`cli.bench.servers`, the served stages

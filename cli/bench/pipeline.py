@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from cli.bench.backends import Counters, per_image
 from cli.bench.data import LATENCY_IMAGES
-from cli.bench.database import Counters, per_image
 from cli.bench.fairness import measure_fairness
 from cli.bench.poll import POLLERS, measure_poll
 from cli.bench.report import Drain, Ingest, PipelineDrain, Served, Throughput
@@ -65,35 +65,38 @@ def measure_ingest(
     """Upload ``files`` into one batch with no worker running; (batch id, figures)."""
     rss: list[float] = []
     headers, _ = servers.new_key("pipeline")
-    before = Counters.read(servers.engine, settle=True)  # the warm-up's counters are in
+    # Settled, so the warm-up's counters are in before, and the ingest's in after.
+    before = Counters.read(servers.engine, servers.broker_url, settle=True)
     batch_id, seconds = servers.upload(
         headers, files, on_checkpoint=lambda: rss.append(peak_rss_mib(api.pid))
     )
     api_rss = peak_rss_mib(api.pid)
-    after = Counters.read(servers.engine, settle=True)
+    after = Counters.read(servers.engine, servers.broker_url, settle=True)
     return batch_id, Ingest.measured(
         len(files),
         seconds,
         api_peak_rss_mib_at_1000=rss[0],
         api_peak_rss_mib_at_end=api_rss,
-        database=per_image(before, after, len(files)),
+        backends=per_image(before, after, len(files)),
     )
 
 
 def measure_pipeline(servers: Servers, batch_id: str, total: int) -> PipelineDrain:
     """A worker started now drains the uploaded batch; its stages come from its reports."""
-    before, results_before = Counters.read(servers.engine), servers.results()
+    before = Counters.read(servers.engine, servers.broker_url)
+    results_before = servers.results()
     with ExitStack() as stack:
         worker = servers.worker(stack, "pipeline")
-        drained = drain(servers, batch_id, worker, total)
+        drained = drain(servers, batch_id, worker, total, servers.task_reports("pipeline"))
     # The worker has exited, so its counters are in; the warm-up images it also graded
     # are counted among the results.
-    database = per_image(before, Counters.read(servers.engine), servers.results() - results_before)
+    after = Counters.read(servers.engine, servers.broker_url)
+    backends = per_image(before, after, servers.results() - results_before)
     # The worker grades the API's warm-up uploads too (their programme takes its turns);
     # only the tasks that finished after this batch's first claim are this batch's.
     first_claim, _ = servers.claim_span(batch_id)
     stages = worker_stage_totals(servers.task_reports("pipeline"), since=first_claim)
-    return PipelineDrain(**asdict(drained), worker_stages_s=stages, database=database)
+    return PipelineDrain(**asdict(drained), worker_stages_s=stages, backends=backends)
 
 
 def measure_end_to_end(servers: Servers, files: list[Path]) -> Throughput:
@@ -114,21 +117,36 @@ def measure_naive(servers: Servers, files: list[Path]) -> Drain:
         servers.api(stack, RETINAQ_TASK_SIZE="1")
         batch_id, _ = servers.upload(servers.new_key("naive")[0], files)
         worker = servers.worker(stack, "naive", RETINAQ_GRADING_BATCH_SIZE="1")
-        return drain(servers, batch_id, worker, len(files))
+        return drain(servers, batch_id, worker, len(files), servers.task_reports("naive"))
 
 
-def drain(servers: Servers, batch_id: str, worker: subprocess.Popen, total: int) -> Drain:
-    """Wait until the batch is graded; RSS at the 1,000-result checkpoint and at the end."""
+def drain(
+    servers: Servers, batch_id: str, worker: subprocess.Popen, total: int, reports: Path
+) -> Drain:
+    """Wait until the batch is graded; RSS at the 1,000-result checkpoint and at the end.
+
+    Progress is followed in the worker's task reports, not by querying the database, so
+    the database's counters over the drain are the worker's work alone (a count over the
+    batch's rows every tenth of a second would grow with the batch); the database is
+    asked only once the reports say the worker has handled enough images.
+    """
     rss_checkpoint = None
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while servers.pending(batch_id):
+
+    def check(handled: int) -> None:
+        nonlocal rss_checkpoint
         if worker.poll() is not None:
             raise click.ClickException("the worker died; see its log")
-        if rss_checkpoint is None and servers.graded(batch_id) >= min(RSS_CHECKPOINT, total):
+        if rss_checkpoint is None and handled >= min(RSS_CHECKPOINT, total):
             rss_checkpoint = peak_rss_mib(worker.pid)
         if time.monotonic() > deadline:
             raise click.ClickException("the worker did not drain the queue in time")
         time.sleep(0.1)
+
+    while (handled := images_handled(reports)) < total:
+        check(handled)
+    while servers.pending(batch_id):
+        check(total)
     first_claim, last_result = servers.claim_span(batch_id)
     return Drain.measured(
         total,
@@ -136,6 +154,19 @@ def drain(servers: Servers, batch_id: str, worker: subprocess.Popen, total: int)
         worker_peak_rss_mib_at_1000=rss_checkpoint or peak_rss_mib(worker.pid),
         worker_peak_rss_mib_at_end=peak_rss_mib(worker.pid),
     )
+
+
+def images_handled(reports: Path) -> int:
+    """Images a worker has graded, found ungradable or failed, from its task reports (a
+    line still being written, after the last newline, is left for the next look)."""
+    if not reports.exists():
+        return 0
+    handled = 0
+    for line in reports.read_text().split("\n")[:-1]:
+        if line.strip():
+            record = json.loads(line)
+            handled += record["graded"] + record["ungradable"] + record["failed"]
+    return handled
 
 
 def worker_stage_totals(reports: Path, since: datetime | None = None) -> dict[str, float]:

@@ -89,8 +89,8 @@ class Decoding:
 
 
 @dataclass(frozen=True)
-class DatabaseCost:
-    """PostgreSQL's work per image over a stage (:mod:`cli.bench.database`)."""
+class BackendCost:
+    """PostgreSQL's and Redis' work per image over a stage (:mod:`cli.bench.backends`)."""
 
     images: int
     transactions: float
@@ -98,16 +98,17 @@ class DatabaseCost:
     rows_updated: float
     rows_deleted: float
     buffer_accesses: float  # pages touched, hit or read: grows if a plan scans more
+    redis_commands: float  # every client of the server: an upper bound on a shared one
 
 
 @dataclass(frozen=True)
 class Ingest(Throughput):
-    """Uploads through the API with no worker running, the API's memory and the database's
-    work per image."""
+    """Uploads through the API with no worker running, the API's memory and the work per
+    image of PostgreSQL and Redis."""
 
     api_peak_rss_mib_at_1000: float
     api_peak_rss_mib_at_end: float
-    database: DatabaseCost
+    backends: BackendCost
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,10 @@ class Drain(Throughput):
 @dataclass(frozen=True)
 class PipelineDrain(Drain):
     """A drain with the worker's own stage totals, summed from its task reports, and the
-    database's work per image graded."""
+    work per image graded of PostgreSQL and Redis."""
 
     worker_stages_s: dict[str, float]
-    database: DatabaseCost
+    backends: BackendCost
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ def report_table(report: Report) -> Table:
     ]
     for name, row, notes in rows:
         table.add_row(name, str(row.images), str(row.seconds), str(row.images_per_s), notes)
+    table.add_row("pipeline ms/image", "", "", "", pipeline_ms_per_image(report.pipeline))
     for poll in report.poll:
         table.add_row(
             "poll",
@@ -309,15 +311,15 @@ def report_table(report: Report) -> Table:
             f"CPU p50 {poll.server_cpu_p50_ms} ms",
         )
     for name, stage in (("ingest", report.ingest), ("pipeline", report.pipeline)):
-        cost = stage.database
+        cost = stage.backends
         table.add_row(
-            f"database/{name}",
+            f"backends/{name}",
             str(cost.images),
             "",
             "",
             f"per image: {cost.transactions} transactions, {cost.rows_inserted} rows "
             f"inserted, {cost.rows_updated} updated, {cost.rows_deleted} deleted, "
-            f"{cost.buffer_accesses} buffer pages",
+            f"{cost.buffer_accesses} buffer pages; {cost.redis_commands} Redis commands",
         )
     fairness = report.fairness
     table.add_row(
@@ -349,6 +351,27 @@ def report_table(report: Report) -> Table:
         f"to keep the model fed at its offline {decoding.model_images_per_s} img/s",
     )
     return table
+
+
+WORKER_STAGES = (
+    ("claim", "claim"),
+    ("stage", "mark batches, look up known results"),
+    ("decode_wait", "wait for decoders"),
+    ("infer", "model"),
+    ("write", "write results"),
+)
+
+
+def pipeline_ms_per_image(pipeline: PipelineDrain) -> str:
+    """Where each millisecond of the drain went, per image: the worker's stages from its
+    reports, and the rest (the queue, Celery, the tasks' own overhead) as what is left."""
+    images = max(pipeline.images, 1)
+    stages = pipeline.worker_stages_s
+    wall_ms = pipeline.seconds * 1000 / images
+    parts = [f"{label} {stages.get(key, 0.0) * 1000 / images:.2f}" for key, label in WORKER_STAGES]
+    inside = sum(stages.get(key, 0.0) for key in ("claim", "stage", "decode_and_infer", "write"))
+    outside = wall_ms - inside * 1000 / images
+    return f"{', '.join(parts)}; outside the stages {outside:.2f} (of {wall_ms:.2f} ms)"
 
 
 def _worker_rss(drain: Drain) -> str:

@@ -102,6 +102,7 @@ class Servers:
     def __init__(self, database_url: str, env: dict[str, str], logs: Path) -> None:
         self.engine: Engine = make_engine(database_url)
         self.env = env
+        self.broker_url = env["RETINAQ_BROKER_URL"]
         self.logs = logs
         self.api_url = f"http://127.0.0.1:{free_port()}"
 
@@ -198,18 +199,6 @@ class Servers:
                         Image.batch_id == uuid.UUID(batch_id),
                         Image.state.in_([ImageState.QUEUED, ImageState.PROCESSING]),
                     )
-                )
-                or 0
-            )
-
-    def graded(self, batch_id: str) -> int:
-        """Results written for the batch so far."""
-        with self.engine.connect() as connection:
-            return int(
-                connection.scalar(
-                    select(func.count())
-                    .select_from(Result)
-                    .where(Result.batch_id == uuid.UUID(batch_id))
                 )
                 or 0
             )

@@ -22,10 +22,10 @@ from sqlalchemy import create_engine, text
 
 from cli.bench.data import parse_rows, parse_sizes, write_images
 from cli.bench.decoding import files_by_size, measure_decoding
-from cli.bench.pipeline import worker_stage_totals
+from cli.bench.pipeline import images_handled, worker_stage_totals
 from cli.bench.poll import server_timing
 from cli.bench.report import (
-    DatabaseCost,
+    BackendCost,
     DecodeCost,
     Drain,
     Fairness,
@@ -40,6 +40,7 @@ from cli.bench.report import (
     make_report,
     mix_cost,
     per_core_ceiling,
+    pipeline_ms_per_image,
     report_table,
     write_report,
 )
@@ -78,13 +79,14 @@ def test_a_worker_that_reported_nothing_fails_the_run(tmp_path: Path) -> None:
         worker_stage_totals(tmp_path / "tasks.jsonl")
 
 
-COST = DatabaseCost(
+COST = BackendCost(
     images=200,
     transactions=3.5,
     rows_inserted=2.0,
     rows_updated=4.0,
     rows_deleted=0.0,
     buffer_accesses=60.5,
+    redis_commands=0.25,
 )
 POLL = Poll(
     rows=10,
@@ -107,11 +109,11 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
         worker_peak_rss_mib_at_1000=1.0,
         worker_peak_rss_mib_at_end=2.0,
         worker_stages_s={"infer": 9.0},
-        database=COST,
+        backends=COST,
     )
     served = Served(
         ingest=Ingest.measured(
-            200, 0.5, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, database=COST
+            200, 0.5, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, backends=COST
         ),
         pipeline=pipeline,
         end_to_end=Throughput.measured(200, 25.0),
@@ -145,10 +147,10 @@ def test_the_report_keeps_its_keys_and_ratios(tmp_path: Path) -> None:
     assert set(report["ingest"]) == THROUGHPUT | {
         "api_peak_rss_mib_at_1000",
         "api_peak_rss_mib_at_end",
-        "database",
+        "backends",
     }
-    assert set(report["pipeline"]) == DRAIN | {"worker_stages_s", "database"}
-    assert report["ingest"]["database"] == report["pipeline"]["database"] == asdict(COST)
+    assert set(report["pipeline"]) == DRAIN | {"worker_stages_s", "backends"}
+    assert report["ingest"]["backends"] == report["pipeline"]["backends"] == asdict(COST)
     assert report["poll"] == [asdict(POLL)]
     assert set(report["naive"]) == DRAIN
     assert set(report["end_to_end"]) == THROUGHPUT
@@ -328,9 +330,9 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
     drain = Drain.measured(4, 1.0, worker_peak_rss_mib_at_1000=1, worker_peak_rss_mib_at_end=1)
     served = Served(
         ingest=Ingest.measured(
-            4, 0.1, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, database=COST
+            4, 0.1, api_peak_rss_mib_at_1000=1.0, api_peak_rss_mib_at_end=1.0, backends=COST
         ),
-        pipeline=PipelineDrain(**asdict(drain), worker_stages_s={}, database=COST),
+        pipeline=PipelineDrain(**asdict(drain), worker_stages_s={}, backends=COST),
         end_to_end=throughput,
         fairness=Fairness.measured(2, 4, 1.0, 2.0, 1),
         poll=[POLL],
@@ -348,7 +350,30 @@ def test_the_table_shows_each_size_the_mix_and_the_cores(tmp_path: Path) -> None
     assert "decoder cores" in printed and "0.24" in printed  # 8 img/s / 33.3 per core
     assert "server p50 0.8 ms, p99 1.5 ms, CPU p50 0.5 ms" in printed
     assert "per image: 3.5 transactions, 2.0 rows inserted" in printed
+    assert "60.5 buffer pages; 0.25 Redis commands" in printed
     assert "behind another programme's 4 images (1 of them still pending" in printed
+
+
+def test_the_drain_is_split_per_image_by_the_workers_stages() -> None:
+    drain = PipelineDrain.measured(
+        100,
+        1.0,
+        worker_peak_rss_mib_at_1000=1.0,
+        worker_peak_rss_mib_at_end=1.0,
+        worker_stages_s={
+            "claim": 0.05,
+            "stage": 0.02,
+            "decode_wait": 0.3,
+            "infer": 0.4,
+            "decode_and_infer": 0.7,
+            "write": 0.1,
+        },
+        backends=COST,
+    )
+    assert pipeline_ms_per_image(drain) == (
+        "claim 0.50, mark batches, look up known results 0.20, wait for decoders 3.00, "
+        "model 4.00, write results 1.00; outside the stages 1.30 (of 10.00 ms)"
+    )
 
 
 def _bench_databases(server_url: str) -> set[str]:
@@ -414,10 +439,11 @@ def test_bench_measures_every_figure_and_cleans_up(
         assert 0 < poll["server_p50_ms"] <= poll["p50_ms"]
         assert poll["server_p99_ms"] >= poll["server_p50_ms"] >= poll["server_cpu_p50_ms"] * 0.5
     for stage in ("ingest", "pipeline"):
-        cost = report[stage]["database"]
+        cost = report[stage]["backends"]
         assert cost["images"] >= 12 and cost["transactions"] > 0, cost
         assert cost["rows_inserted"] >= 1 and cost["buffer_accesses"] > 0, cost
-    assert report["pipeline"]["database"]["rows_updated"] >= 1  # claims and their moves
+        assert cost["redis_commands"] > 0, cost  # a task per upload, claimed by the worker
+    assert report["pipeline"]["backends"]["rows_updated"] >= 1  # claims and their moves
     assert set(report["ratios"]) == {
         "pipeline_over_offline",
         "pipeline_over_naive",
@@ -495,3 +521,13 @@ def test_the_server_timing_of_a_poll_is_read_from_the_api_header() -> None:
     for broken in ("", "app;dur=1.0", "total;dur=4"):
         with pytest.raises(click.ClickException):
             server_timing(broken)
+
+
+def test_a_drain_follows_the_workers_reports_not_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    assert images_handled(path) == 0, "no report yet"
+    append_task_report(path, GradingReport(graded=30, ungradable=1, failed=1, skipped=4))
+    append_task_report(path, GradingReport(graded=8))
+    with path.open("a") as file:
+        file.write('{"graded": 5, "ungr')  # a line still being written
+    assert images_handled(path) == 40
