@@ -1,7 +1,9 @@
 """The model registry: a folder of ``<name>/model.keras`` + ``manifest.json``.
 
-Workers serve the model that settings name; the API lists what is available. Adding a model
-is copying a folder, and switching to it is changing ``RETINAQ_MODEL_NAME``: no code change.
+Workers serve the model an administrator activated (:mod:`common.modelling.activation`),
+else the one settings name; the API lists what is available. Adding a model is copying a
+folder, and switching to it is ``retinaq admin models activate NAME``: no code change, no
+restart.
 """
 
 from __future__ import annotations
