@@ -130,7 +130,9 @@ def worker(serve: str, celery_args: tuple[str, ...]) -> None:
         "grading": [settings.queue_name],
         "heatmaps": [settings.heatmap_queue_name],
     }[serve]
-    argv = ["celery", "-A", "worker", "worker", "--queues", ",".join(queues)]
+    # In JSON, no start-up banner: every line the worker writes is a log line.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    argv = ["celery", "-A", "worker", *quiet, "worker", "--queues", ",".join(queues)]
     if not any(a.startswith(("--pool", "-P")) for a in celery_args):
         argv.append("--pool=solo")
     if not any(a.startswith(("--loglevel", "-l")) for a in celery_args):

@@ -25,6 +25,12 @@ from worker.log_context import task_log_context
 
 log = logging.getLogger(__name__)
 
+# Before Celery starts: what it warns about on the way up (running as root) is logged in
+# our format too. A host that set up logging already (a test runner) keeps its own.
+if not logging.getLogger().handlers:
+    configure_logging(get_settings().log_format, get_settings().log_level)
+    logging.captureWarnings(True)
+
 app = make_celery(get_settings(), name="retinaq-worker")
 app.conf.imports = ("worker.tasks", "worker.model_switch")  # model_switch: the active model
 app.user_options["worker"].add(HEARTBEAT_OPTION)
