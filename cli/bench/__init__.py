@@ -62,6 +62,13 @@ console = Console()
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--naive-n", default=300, show_default=True, help="Images for the batch-1 run.")
 @click.option(
+    "--offline-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images for the offline ceiling, the first of --n (default: all): it is a rate, so "
+    "a sample of a long run measures the same ceiling in less time.",
+)
+@click.option(
     "--poll-rows",
     default="100000",
     show_default=True,
@@ -88,6 +95,7 @@ def bench(
     sizes: str,
     batch_size: int,
     naive_n: int,
+    offline_n: int | None,
     poll_rows: str,
     poll_seconds: float,
     server_url: str,
@@ -115,7 +123,7 @@ def bench(
             quota=10 * (count + sum(polled)),
         )
         console.print("offline: tight loop …")
-        offline = measure_offline(inputs.model_path, inputs.main, batch_size)
+        offline = measure_offline(inputs.model_path, inputs.main[:offline_n], batch_size)
         console.print("decoding: CPU time per image by size …")
         decoding = measure_decoding(inputs.model_path, inputs.main, offline)
         served = measure_served(servers, inputs.main, inputs.end_to_end, polled, poll_seconds)
