@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "status",
     "results",
     "admin",
+    "doctor",
     "db",
     "api",
     "worker",
