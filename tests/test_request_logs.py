@@ -9,23 +9,19 @@ line may hold a patient id, a filename, an image's SHA-256 or its storage key.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
-import re
 import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
 
-from api.serving.access_log import escape
 from common.filenames import relative_path
+from tests.log_lines import forms, json_lines
 from tests.support import REPO_ROOT, free_port, running_stack, wait_batch_finished
 
 pytestmark = pytest.mark.slow
@@ -39,29 +35,6 @@ HOSTILE_NAMES = [
     "ünïcødé-{tag}.jpg",
     "plain-{tag}.jpg",
 ]
-
-
-# Written past Python's logging, and so not JSON (docs/operations.md, "Logs"): TensorFlow's
-# C++ runtime as it loads (absl's format), and Celery's shutdown notice, printed from its
-# signal handler after a blank line. Nothing else may be.
-UNFORMATTED = re.compile(
-    r"[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "
-    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
-    r"|worker: (Warm|Cold) shutdown \(MainProcess\)$"
-    r"|$"
-)
-
-
-def _forms(value: str) -> set[str]:
-    """How a value could appear in a line: as is, JSON- or URL-encoded, escaped, base64url."""
-    encoded = base64.urlsafe_b64encode(value.encode()).decode()
-    return {
-        value,
-        json.dumps(value)[1:-1],
-        quote(value, safe=""),
-        escape(value),
-        encoded.rstrip("="),
-    }
 
 
 def _upload(
@@ -95,23 +68,6 @@ def _upload(
             f"storage key {i}": f"{sha[:2]}/{sha[2:4]}/{sha}",
         }
     return files, hidden
-
-
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    """Every line of a log, each of which must be one JSON object with the common fields,
-    but for what other code writes past Python's logging (:data:`UNFORMATTED`)."""
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if UNFORMATTED.match(line):
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            pytest.fail(f"{path.name}:{number} is not JSON: {line[:300]!r}")
-        assert isinstance(record, dict), line
-        assert {"time", "level", "logger", "message"} <= set(record), line
-        records.append(record)
-    return records
 
 
 def test_one_upload_is_followed_by_its_request_id_through_json_logs_that_name_no_patient(
@@ -171,7 +127,7 @@ def test_one_upload_is_followed_by_its_request_id_through_json_logs_that_name_no
             for image in images:  # the names as stored, whatever the API made of them
                 hidden[f"listed {image['id']}"] = image["filename"]
 
-    api, worker, reconciler = (_json_lines(tmp_path / f"{n}.log") for n in commands)
+    api, worker, reconciler = (json_lines(tmp_path / f"{n}.log") for n in commands)
 
     # The API: the access line and the enqueue line of each upload carry its id.
     for request_id, ids in sent.items():
@@ -204,7 +160,7 @@ def test_one_upload_is_followed_by_its_request_id_through_json_logs_that_name_no
     leaks = [
         f"{what} ({form!r}) in {name}.log"
         for what, value in hidden.items()
-        for form in _forms(value)
+        for form in forms(value)
         for name, text in logs.items()
         if form in text
     ]

@@ -6,17 +6,16 @@ with distinctive patient ids and filenames, pages through every listing with cur
 sends keys in a query string and a bad key, and makes the database refuse an INSERT of
 images (the application role loses its INSERT privilege, as after a botched grant), so the
 API's unexpected-error path logs an SQLAlchemy exception whose statement bound those
-values. Then every log file is searched for each secret in every form it could take.
+values. Then every log file is searched for each secret in every form it could take, in
+both log formats; in JSON every line of the API, worker and reconciler must parse.
 """
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from common.access.apikeys import PUBLIC_PREFIX_LENGTH, create_programme
+from tests.log_lines import forms, json_lines
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +56,6 @@ def app_role_url(private_postgres: Any) -> Iterator[str]:
     )
 
 
-def _forms(value: str) -> set[str]:
-    """The ways a value could show up in a log line: as is, URL-encoded, base64url."""
-    encoded = base64.urlsafe_b64encode(value.encode()).decode()
-    return {value, quote(value, safe=""), encoded, encoded.rstrip("=")}
-
-
 def _follow(http: httpx.Client, url: str) -> list[dict[str, Any]]:
     """Every item of a listing, one per page, so each page after the first uses a cursor."""
     items: list[dict[str, Any]] = []
@@ -92,7 +86,9 @@ def _multipart(
     return files, filenames, patients
 
 
+@pytest.mark.parametrize("log_format", ["json", "text"])
 def test_logs_hold_no_patient_ids_filenames_or_keys(
+    log_format: str,
     stack: Any,
     private_postgres: Any,
     app_role_url: str,
@@ -112,6 +108,7 @@ def test_logs_hold_no_patient_ids_filenames_or_keys(
     }
 
     stack.env["RETINAQ_DATABASE_URL"] = app_role_url
+    stack.env["RETINAQ_LOG_FORMAT"] = log_format
     stack.start_api()
     stack.start_reconciler()
     stack.start_worker()
@@ -160,13 +157,17 @@ def test_logs_hold_no_patient_ids_filenames_or_keys(
 
     logs = sorted(stack.log_dir.glob("*.log")) + [Path(private_postgres.log)]
     text_of = {path.name: path.read_text(errors="replace") for path in logs}
+    if log_format == "json":
+        for path in logs:
+            if path.name.startswith(("api-", "worker-", "reconciler-")):
+                json_lines(path)
     api_log = "\n".join(v for k, v in text_of.items() if k.startswith("api-"))
     assert "unhandled error in request" in api_log, "the refused INSERT was not logged"
     assert "permission denied for table images" in api_log
     leaks = [
         f"{what} ({form!r}) in {name}"
         for what, value in secrets_to_hide.items()
-        for form in _forms(value)
+        for form in forms(value)
         for name, content in text_of.items()
         if form in content
     ]
