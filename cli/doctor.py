@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import click
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -54,8 +55,9 @@ class _Findings:
 
 def check_database(settings: Settings, findings: _Findings) -> Check:
     """Reachable, at the Alembic head, and (then) which model is activated."""
-    engine = engine_from_settings(settings)
+    engine = None
     try:
+        engine = engine_from_settings(settings)
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         assert_schema_at_head(engine)
@@ -68,7 +70,8 @@ def check_database(settings: Settings, findings: _Findings) -> Check:
     except Exception as error:  # any driver's refusal: name it, never a traceback
         return Check("database", "FAIL", f"cannot connect: {_first_line(error)}")
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def check_broker(settings: Settings, findings: _Findings) -> Check:
@@ -167,7 +170,12 @@ def doctor() -> None:
     One line per check, ``ok``, ``FAIL`` or ``skip`` with the reason. Exit status 0 when no
     check failed, 1 when any did.
     """
-    results = run_checks(get_settings())
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        click.echo(f"FAIL  settings  {'; '.join(e['msg'] for e in error.errors())}")
+        raise SystemExit(1) from error
+    results = run_checks(settings)
     width = max(len(result.name) for result in results)
     for result in results:
         click.echo(f"{result.status:<4}  {result.name:<{width}}  {result.reason}")

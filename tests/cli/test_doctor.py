@@ -176,3 +176,22 @@ def test_an_expected_gpu_that_is_missing_fails_the_gpu_check() -> None:
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("FAIL") and "sees no GPU" in last
+
+
+def test_settings_that_do_not_validate_fail_in_one_line(doctor: Callable[..., Result]) -> None:
+    result = doctor(RETINAQ_STORAGE_URL="ftp://example.org/images")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "FAIL  settings  Value error, RETINAQ_STORAGE_URL must be file:///folder or "
+        "s3://bucket/prefix"
+    ]
+
+
+def test_a_malformed_database_url_is_a_failed_check_not_a_traceback(
+    doctor: Callable[..., Result],
+) -> None:
+    result = doctor(RETINAQ_DATABASE_URL="not a url")
+    assert result.exit_code == 1
+    status, reason = _lines(result)["database"]
+    assert status == "FAIL" and "Could not parse" in reason
+    assert result.exception is None or isinstance(result.exception, SystemExit)
