@@ -97,6 +97,8 @@ def _environment(var: Path, database_url: str, redis_url: str, queue_name: str) 
         "RETINAQ_QUEUE_NAME": queue_name,
         "RETINAQ_HEATMAP_QUEUE_NAME": f"{queue_name}.explain",
         "RETINAQ_SECRET_KEY": "serving-test-secret-key-for-cursors",
+        # These tests read the text access log; test_access_log_json.py reads the JSON one.
+        "RETINAQ_LOG_FORMAT": "text",
         "PYTHONUNBUFFERED": "1",
     }
 
