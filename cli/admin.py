@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from common.access.apikeys import create_programme, issue_api_key, revoke_api_key
@@ -29,7 +30,13 @@ from common.db.tables import (
     Programme,
     utcnow,
 )
-from common.lifecycle.requeue import BatchCancelled, BatchNotFound, requeue_batch
+from common.lifecycle.requeue import (
+    BatchCancelled,
+    BatchNotFound,
+    RequeueReport,
+    TasksNotSent,
+    requeue_batch,
+)
 from common.lifecycle.retention import purge_older_than
 from common.queue import make_celery
 from common.settings import Settings, get_settings
@@ -50,8 +57,16 @@ def admin_session() -> Iterator[Session]:
             yield session
     except SchemaNotAtHead as error:
         raise click.ClickException(str(error)) from error
+    except OperationalError as error:
+        raise click.ClickException(unreachable_database(error)) from error
     finally:
         engine.dispose()
+
+
+def unreachable_database(error: OperationalError) -> str:
+    """One line for a database that did not answer, instead of a driver's traceback."""
+    lines = str(error.orig or error).strip().splitlines()
+    return f"cannot reach the database: {lines[0] if lines else type(error).__name__}"
 
 
 class _Age(click.ParamType):
@@ -426,14 +441,29 @@ def requeue(batch_id: uuid.UUID, failed: bool) -> None:
     """
     settings = get_settings()
     engine = engine_from_settings(settings)
+    unsent = None
     try:
         assert_schema_at_head(engine)
         celery = make_celery(settings, name="retinaq-admin")
         report = requeue_batch(make_sessionmaker(engine), celery, settings, batch_id, failed=failed)
     except (SchemaNotAtHead, BatchNotFound, BatchCancelled) as error:
         raise click.ClickException(str(error)) from error
+    except OperationalError as error:
+        raise click.ClickException(unreachable_database(error)) from error
+    except TasksNotSent as error:
+        report, unsent = error.report, error
     finally:
         engine.dispose()
+    _print_requeue(report, failed)
+    if unsent is not None:
+        raise click.ClickException(
+            f"{unsent}; the images are queued in the database, and the reconciler sends them "
+            f"after RETINAQ_REQUEUE_AFTER_S ({settings.requeue_after_s} s), or run this again"
+        )
+
+
+def _print_requeue(report: RequeueReport, failed: bool) -> None:
+    batch_id = report.batch_id
     click.echo(f"batch {batch_id}")
     click.echo(f"queued images sent again: {report.queued_resent}")
     click.echo(f"expired leases handed back: {report.leases_handed_back}")

@@ -39,6 +39,15 @@ class BatchCancelled(ValueError):
     """A cancelled batch's images stay cancelled."""
 
 
+class TasksNotSent(RuntimeError):
+    """The database was changed and committed, but the broker did not take the tasks; the
+    reconciler sends the queued images after ``requeue_after_s``."""
+
+    def __init__(self, report: RequeueReport, cause: Exception) -> None:
+        super().__init__(f"the broker did not take the tasks: {cause}")
+        self.report = report
+
+
 @dataclass(frozen=True)
 class RequeueReport:
     """What requeueing one batch did, and the batch's state afterwards."""
@@ -122,9 +131,8 @@ def requeue_batch(
             .where(of_batch, Image.state == ImageState.PROCESSING, Image.lease_expires_at >= now)
         )
         final = session.scalar(select(Batch.state).where(Batch.id == batch_id))
-    send_grading(celery, settings, [*restarted, *ids])
     assert final is not None  # the batch row is locked above, so it cannot vanish meanwhile
-    return RequeueReport(
+    report = RequeueReport(
         batch_id=batch_id,
         queued_resent=len(ids) - handed_back,
         leases_handed_back=handed_back,
@@ -133,6 +141,11 @@ def requeue_batch(
         still_processing=int(live or 0),
         batch_state=final,
     )
+    try:
+        send_grading(celery, settings, [*restarted, *ids])
+    except Exception as error:  # kombu's and redis's own: whatever the transport raises
+        raise TasksNotSent(report, error) from error
+    return report
 
 
 def _restart_failed(session: Session, batch_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:

@@ -29,6 +29,7 @@ from common.lifecycle.retention import cancel_batch, purge_batch
 from common.settings import Settings, get_settings
 from common.storage.base import ObjectStore
 from tests.conftest import Submitted
+from tests.support import free_port
 
 Submit = Callable[..., Submitted]
 
@@ -321,3 +322,43 @@ def test_requeue_refuses_unknown_purged_cancelled_and_malformed_batches(
 
     malformed = run("admin", "requeue", "not-a-batch")
     assert malformed.exit_code == 2 and "not a valid UUID" in malformed.output
+
+
+def test_requeue_with_the_broker_down_says_the_images_wait_for_the_reconciler(
+    run: Callable[..., Result],
+    submit: Submit,
+    sessions: sessionmaker[Session],
+    fundus_jpeg: Callable[..., bytes],
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body, ids = submit(_jpegs(fundus_jpeg, 1), auth)
+    with sessions.begin() as session:
+        session.execute(
+            update(Image)
+            .where(Image.id == ids[0])
+            .values(state=ImageState.FAILED, attempts=1, error_code="missing_file")
+        )
+    monkeypatch.setenv("RETINAQ_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    result = run("admin", "requeue", body["id"], "--failed")
+    assert result.exit_code == 1
+    assert "failed images restarted: 1" in result.stdout
+    assert "the broker did not take the tasks" in result.stderr
+    assert "the reconciler sends them" in result.stderr
+    with sessions() as session:
+        assert session.scalar(select(Image.state).where(Image.id == ids[0])) == ImageState.QUEUED
+
+
+def test_admin_commands_name_an_unreachable_database_in_one_line(
+    run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "RETINAQ_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
+    )
+    get_settings.cache_clear()
+    for args in (("programmes",), ("requeue", str(uuid.uuid4()))):
+        result = run("admin", *args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("Error: cannot reach the database: ")
+        assert len(result.stderr.splitlines()) == 1
