@@ -108,9 +108,24 @@ def load_activated(runtime: WorkerRuntime, activation: Activation) -> WorkerRunt
         model.manifest.sha256[:12],
         time.perf_counter() - started,
     )
+    _report_model(model.manifest.name, model.manifest.version, model.manifest.sha256)
     # A new runtime, not a changed one: what was cached for the old model (its recorder,
     # quality thresholds, Grad-CAM) goes with it; connections, store and decoders are kept.
     return dataclasses.replace(runtime, model=model)
+
+
+def _report_model(name: str, version: str, sha256: str) -> None:
+    """``retinaq_worker_model`` names the model now served, on the device it named before
+    (devices do not change with the model, and TensorFlow cannot list them again here)."""
+    from worker.metrics import MODEL, record_model
+
+    devices = [
+        sample.labels["device"]
+        for metric in MODEL.collect()
+        for sample in metric.samples
+        if "device" in sample.labels
+    ]
+    record_model(name, version, sha256, devices)
 
 
 def serve_activated_model() -> WorkerRuntime:

@@ -13,8 +13,10 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +27,7 @@ from common.modelling.manifest import MANIFEST_NAME, file_sha256
 from common.settings import Settings, get_settings
 from tests.cli.test_admin_operations import cli_environment
 from tests.conftest import Submitted
-from tests.support import REPO_ROOT, wait_for
+from tests.support import REPO_ROOT, free_port, wait_for
 from worker.model_switch import wanted_activation
 from worker.runtime import WorkerRuntime
 
@@ -64,6 +66,8 @@ def environment(settings: Settings, registry: Path) -> dict[str, str]:
         "RETINAQ_MODEL_NAME": "screening-a",
         "RETINAQ_GRADING_BATCH_SIZE": str(settings.grading_batch_size),
         "RETINAQ_BATCH_WAIT_MS": "0",
+        "RETINAQ_METRICS_PORT": str(free_port()),
+        "RETINAQ_METRICS_HOST": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -107,6 +111,16 @@ def _activate(environment: dict[str, str], name: str, monkeypatch: pytest.Monkey
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
+
+
+def _served_model(environment: dict[str, str]) -> dict[str, str]:
+    """The labels of the worker's ``retinaq_worker_model_info``, scraped from its metrics."""
+    port = environment["RETINAQ_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name in ("retinaq_worker_model", "retinaq_worker_model_info"):
+            return dict(family.samples[0].labels)
+    raise AssertionError(f"no model info in {text}")
 
 
 def _graded_by(
@@ -159,6 +173,12 @@ def test_a_running_worker_switches_to_the_activated_model_between_batches(
     assert batch_model == ("screening-b", False)
     log = worker_log.read_text(errors="replace")
     assert "switched model from screening-a 1.0.0 to screening-b 2.0.0" in log
+    assert _served_model(environment) == {
+        "name": "screening-b",
+        "version": "2.0.0",
+        "sha256": sha_b,
+        "device": "CPU",
+    }
 
     # Activated, then changed on this host before the worker loaded it: the worker refuses
     # the file it finds, says so once, and goes on grading with the model it holds.
