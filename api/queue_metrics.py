@@ -76,8 +76,17 @@ class QueueSnapshot:
 def read_queue(connection: Connection) -> QueueSnapshot:
     """Pending counts from the counter rows, oldest images from two index reads."""
     snapshot = QueueSnapshot(datetime.now(UTC))
-    for programme_id, name in connection.execute(select(Programme.id, Programme.name)):
-        snapshot.programmes[programme_id] = ProgrammeQueue(name)
+    # One probe of the partial index per programme, in the statement that lists them.
+    oldest_queued = (
+        select(Image.created_at)
+        .where(Image.programme_id == Programme.id, Image.state == ImageState.QUEUED)
+        .order_by(Image.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    listed = connection.execute(select(Programme.id, Programme.name, oldest_queued))
+    for programme_id, name, oldest in listed:
+        snapshot.programmes[programme_id] = ProgrammeQueue(name, oldest=oldest)
     counts = connection.execute(
         select(Batch.programme_id, BatchStat.stat, func.sum(BatchStat.value))
         .join(BatchStat, BatchStat.batch_id == Batch.id)
@@ -91,14 +100,6 @@ def read_queue(connection: Connection) -> QueueSnapshot:
         queue = snapshot.programmes.get(programme_id)
         if queue is not None:
             setattr(queue, stat, int(value or 0))
-    for programme_id, queue in snapshot.programmes.items():
-        if queue.queued > 0:
-            queue.oldest = connection.scalar(
-                select(Image.created_at)
-                .where(Image.programme_id == programme_id, Image.state == ImageState.QUEUED)
-                .order_by(Image.id)
-                .limit(1)
-            )
     processing = connection.execute(
         select(Image.programme_id, func.min(Image.created_at))
         .where(Image.state == ImageState.PROCESSING)

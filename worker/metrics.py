@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
+# Resident memory, CPU seconds and open files of this process (what the pixel budget bounds).
+ProcessCollector(registry=REGISTRY)
 # The pipeline's stages, as GradingReport.timings_ms names them.
 STAGES = ("claim", "stage", "decode_wait", "infer", "write")
 # When a write recorded fewer images than it was given (claims superseded meanwhile), which
