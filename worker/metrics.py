@@ -92,7 +92,8 @@ HEARTBEAT_AGE = Gauge(
 
 def record_model(name: str, version: str, sha256: str, devices: Sequence[str]) -> None:
     """Say which model this process loaded, and where it runs (the first GPU, else CPU)."""
-    gpus = [device for device in devices if "GPU" in device.upper()]
+    # TensorFlow names devices "/physical_device:GPU:0"; the label keeps "GPU:0".
+    gpus = [device.rsplit("physical_device:", 1)[-1] for device in devices if "GPU" in device]
     device = gpus[0] if gpus else "CPU"
     MODEL.info({"name": name, "version": version, "sha256": sha256, "device": device})
 
