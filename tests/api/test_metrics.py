@@ -189,3 +189,36 @@ def test_a_database_that_does_not_answer_costs_the_queue_figures_not_the_scrape(
     assert time.monotonic() - started < 10
     assert set(families) == {"retinaq_queue_up", "retinaq_queue_scrape_duration_seconds"}
     assert families["retinaq_queue_up"].samples[0].value == 0
+
+
+def test_images_added_to_an_open_batch_count_once_however_often_the_request_is_replayed(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+) -> None:
+    created = client.post("/v1/batches", headers=auth, json={"open": True})
+    assert created.status_code == 201
+    url = f"/v1/batches/{created.get_json()['id']}/images"
+    images = [fundus_jpeg(seed=40 + i) for i in range(2)]
+    before = _scrape(client)
+    for _ in range(2):  # the second is a replay of the first
+        response = client.post(
+            url,
+            headers={**auth, "Idempotency-Key": "add-two"},
+            data={"images": [(io.BytesIO(b), f"o{i}.jpg") for i, b in enumerate(images)]},
+        )
+        assert response.status_code == 202
+    assert response.headers.get("Idempotent-Replayed") == "true"
+    after = _scrape(client)
+    ingested = "retinaq_api_ingested_images_total"
+    assert sample_value(after, ingested) - sample_value(before, ingested) == 2
+    size = "retinaq_api_ingested_bytes_total"
+    assert sample_value(after, size) - sample_value(before, size) == sum(map(len, images))
+    # Opening the batch (JSON, 201) ingested nothing.
+    route = "/v1/batches/<uuid:batch_id>/images"
+    count = "retinaq_api_request_duration_seconds_count"
+    assert (
+        sample_value(after, count, route=route, method="POST", status="202")
+        - sample_value(before, count, route=route, method="POST", status="202")
+        == 2
+    )
