@@ -13,7 +13,7 @@ pipeline's own (``GradingReport.timings_ms``), observed per micro-batch, not tim
 
 The instruments live in one registry per process: a grading worker is one process per
 accelerator (solo pool). With the prefork pool the tasks run in children this server
-cannot see, so it serves the model and heartbeat only and says so at start.
+cannot see, so it serves the heartbeat only and says so at start.
 """
 
 from __future__ import annotations
