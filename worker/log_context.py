@@ -14,8 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Task
-from celery._state import get_current_task
+from celery import Task, current_task
 from celery.signals import task_postrun, task_prerun
 
 from common.queue import REQUEST_ID_HEADER
@@ -36,9 +35,8 @@ def task_fields(task: Task) -> dict[str, str]:
 
 def task_log_context() -> Mapping[str, str]:
     """The task in hand for a log line (:func:`common.logs.add_context`)."""
-    task = get_current_task()
-    if task is not None and task.request.id is not None:
-        return task_fields(task)
+    if current_task and current_task.request.id is not None:
+        return task_fields(current_task)
     with _lock:
         if len(_running) == 1:
             return next(iter(_running.values()))
