@@ -43,6 +43,8 @@ def record_images(
     spools = _spools(files)
     store = state.store
     store.sync(spools)  # the slow part (fsync, or the upload to S3), before any lock
+    # Worker log lines about these images name the upload that sent them.
+    request_id = current_request_id()
     rows: list[dict[str, Any]] = []
     for spool, name in zip(spools, names, strict=True):
         facts = matched.get(name, ImageMetadata(None, None))
@@ -57,8 +59,7 @@ def record_images(
                 "filename": name,
                 "patient_id": facts.patient_id,
                 "laterality": facts.laterality,
-                # Worker log lines about this image name the upload that sent it.
-                "request_id": current_request_id(),
+                "request_id": request_id,
                 "state": ImageState.QUEUED,
                 "attempts": 0,
                 "created_at": now,
