@@ -53,8 +53,11 @@ def make_heatmaps(runtime: WorkerRuntime, image_ids: list[uuid.UUID]) -> int:
             )
             squares.append(preprocessor.square(image))
             ready.append(item)
-        except (FileNotFoundError, ImageDecodeError) as error:
-            log.warning("no heat map for image %s: %s", item.image_id, error)
+        except FileNotFoundError:
+            # Not the error's text: it names the stored file, the bytes' key and hash.
+            log.warning("no heat map for image %s: missing_file", item.image_id)
+        except ImageDecodeError as error:
+            log.warning("no heat map for image %s: %s", item.image_id, error.code)
     if not ready:
         return 0
     inputs = np.stack([preprocessor.model_input(square) for square in squares])
