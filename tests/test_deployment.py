@@ -43,6 +43,7 @@ REQUIRED = {
     "RETINAQ_SECRET_KEY": "a-secret",
     "RETINAQ_S3_SECRET_ACCESS_KEY": "an-s3-secret",
     "RETINAQ_FLOWER_BASIC_AUTH": "admin:a-flower-password",
+    "RETINAQ_GRAFANA_ADMIN_PASSWORD": "a-grafana-password",
 }
 EXTRA_HOST = {
     "RETINAQ_DATABASE_URL": "postgresql+psycopg://retinaq:pw@db.internal:5432/retinaq",
@@ -141,6 +142,8 @@ def test_all_services_are_present() -> None:
         *WORKERS,
         "reconciler",
         "flower",
+        "prometheus",
+        "grafana",
     }
 
 
