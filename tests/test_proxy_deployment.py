@@ -83,3 +83,10 @@ def test_uploads_stream_through_and_everything_else_is_buffered() -> None:
         assert "proxy_request_buffering off" in blocks[upload], upload
     assert "proxy_request_buffering" not in blocks["/"]
     assert _directive(conf, "proxy_buffering") == ["on"]
+
+
+def test_metrics_are_not_served_through_the_proxy() -> None:
+    conf = _nginx_conf()
+    block = conf[conf.index("location = /metrics {") :]
+    block = block[: block.index("\n    }")]  # the block's own closing brace
+    assert "return 404" in block and "proxy_pass" not in block
