@@ -369,6 +369,19 @@ def test_worker_probes_read_the_heartbeat_the_worker_writes() -> None:
         assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60, name
 
 
+def test_workers_serve_metrics_where_their_scrape_annotations_say() -> None:
+    for name in WORKERS:
+        template = _workloads()[name]["spec"]["template"]
+        container = _container(name)
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        settings = Settings.model_validate({"metrics_port": env["RETINAQ_METRICS_PORT"]})
+        [port] = [p for p in container["ports"] if p["name"] == "metrics"]
+        annotations = template["metadata"]["annotations"]
+        assert port["containerPort"] == settings.metrics_port == 9100, name
+        assert annotations["prometheus.io/port"] == str(settings.metrics_port), name
+        assert annotations["prometheus.io/scrape"] == "true", name
+
+
 def test_workers_have_time_to_finish_their_task_on_scale_in() -> None:
     shutdown = Settings.model_validate(
         {"shutdown_timeout_s": _config()["RETINAQ_SHUTDOWN_TIMEOUT_S"]}
