@@ -131,8 +131,7 @@ def _report_model(name: str, version: str, sha256: str) -> None:
 def serve_activated_model() -> WorkerRuntime:
     """Switch this process to the activated model if it holds another; the runtime to use."""
     # Imported here, as worker.celery_app does: importing this module builds nothing.
-    from worker import runtime as runtime_module
-    from worker.runtime import get_runtime
+    from worker.runtime import get_runtime, replace_runtime
 
     runtime = get_runtime()
     activation = wanted_activation(runtime)
@@ -146,9 +145,7 @@ def serve_activated_model() -> WorkerRuntime:
         switched = load_activated(runtime, activation)
         if switched is None:
             return runtime
-        # The process's one runtime, as get_runtime hands it to every task from now on.
-        with runtime_module._lock:
-            runtime_module._runtime = switched
+        replace_runtime(switched)  # what get_runtime hands every task from now on
         return switched
 
 

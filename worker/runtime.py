@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -22,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.db.engine import engine_from_settings, make_sessionmaker
 from common.db.schema import assert_schema_at_head
 from common.imaging.pixel_budget import PixelBudget, budget_pixels
+from common.modelling.activation import active_model, serving_model_file
+from common.modelling.manifest import ManifestError, read_manifest
 from common.queue import make_celery, send_heatmap_task
 from common.screening.quality import QualityThresholds
 from common.settings import Settings, get_settings
@@ -119,10 +122,13 @@ def configure_decoding(settings: Settings) -> None:
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
-    """Check the schema, connect, and load the model named by settings."""
+    """Check the schema, connect, and load the model to serve: the activated one
+    (:mod:`common.modelling.activation`) when this host has its file, else the settings'."""
     engine = engine_from_settings(settings)
     try:
         assert_schema_at_head(engine)
+        sessions = make_sessionmaker(engine)
+        model_file = startup_model_file(settings, sessions)
     except Exception:
         engine.dispose()
         raise
@@ -132,7 +138,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     devices = configure_devices(expect_gpu=settings.expect_gpu)
     log.info("devices: %s", ", ".join(devices))
     model = load_model(
-        settings.model_file,
+        model_file,
         settings.grading_batch_size,
         xla=settings.xla,
         mixed_precision=settings.mixed_precision,
@@ -141,7 +147,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     record_model(manifest.name, manifest.version, manifest.sha256, devices)
     store = open_store(settings)
     decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-    runtime = WorkerRuntime(settings, make_sessionmaker(engine), store, model, decoder)
+    runtime = WorkerRuntime(settings, sessions, store, model, decoder)
     log.info("quality thresholds: %s", runtime.quality_thresholds.as_dict())  # fail fast
     log.info(
         "decoding: %d threads sharing a budget of %d full-resolution pixels",
@@ -149,6 +155,39 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         runtime.pixel_budget.capacity,
     )
     return runtime
+
+
+def startup_model_file(settings: Settings, sessions: sessionmaker[Session]) -> Path:
+    """The activated model's file if this host holds the activated file, so a worker starts
+    on the model it would switch to before its first task instead of loading two; the
+    settings' model (logged at ERROR) when this host's copy is missing or different."""
+    with sessions() as session:
+        activation = active_model(session)
+    path = serving_model_file(settings, activation)
+    if activation is None or path == settings.model_file:
+        return path
+    try:
+        found = read_manifest(path).sha256
+    except ManifestError as error:
+        found = f"unreadable ({error})"
+    if found != activation.sha256:
+        log.error(
+            "model %s is activated but this host's copy %s is not it (SHA-256 %s): starting on %s",
+            activation.name,
+            path,
+            found,
+            settings.model_file,
+        )
+        return settings.model_file
+    return path
+
+
+def replace_runtime(runtime: WorkerRuntime) -> None:
+    """Make ``runtime`` the one :func:`get_runtime` hands out (a model switch between tasks,
+    :mod:`worker.model_switch`)."""
+    global _runtime
+    with _lock:
+        _runtime = runtime
 
 
 def get_runtime() -> WorkerRuntime:
