@@ -191,6 +191,8 @@ class Batch(Base):
     models_mixed: Mapped[bool] = mapped_column(server_default=false())
     # Heat maps for every gradable image, not only the referable and borderline ones.
     explain: Mapped[bool] = mapped_column(server_default=false())
+    # Where its completion event goes; NULL: the programme's default (programme_webhooks).
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[Timestamp]
     closed_at: Mapped[OptionalTimestamp]
     completed_at: Mapped[OptionalTimestamp]
@@ -359,3 +361,82 @@ BATCH_STATS = (
     *(f"grade_{grade}" for grade in GRADES),
     "referable",
 )
+
+
+class WebhookState(enum.StrEnum):
+    """Life of one webhook event: pending until a 2xx answers it or retries run out."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ProgrammeWebhook(Base):
+    """A programme's webhook settings, set by ``retinaq admin set-webhook``.
+
+    The signing secret is stored as given to the operator (``whsec_`` + base64): signing
+    needs the secret itself, so it cannot be hashed like an API key.
+    """
+
+    __tablename__ = "programme_webhooks"
+
+    programme_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The default callback URL for batches that name none; NULL: only batches that name one.
+    url: Mapped[str | None] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(100))
+    # Also send an event for every referable result, not only batch completion.
+    on_referable: Mapped[bool] = mapped_column(server_default=false())
+    created_at: Mapped[Timestamp]
+    secret_created_at: Mapped[Timestamp]
+
+
+class WebhookDelivery(Base):
+    """One webhook event and its delivery; ``id`` is the ``webhook-id`` every retry repeats.
+
+    ``body`` holds the exact bytes sent, fixed when the event is recorded, so a retry is the
+    same message. ``next_attempt_at`` is when it is next due; a delivery in flight pushes it
+    past its own timeout, so the reconciler re-sends only events whose message was lost.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_batch_id_id", "batch_id", "id"),
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    programme_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("programmes.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    # The image of a result event; no foreign key, so purging an image keeps the log.
+    image_id: Mapped[uuid.UUID | None]
+    event_type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[WebhookState] = mapped_column(_enum(WebhookState, "webhook_state"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[Timestamp]
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[OptionalTimestamp]
+
+
+class WebhookAttempt(Base):
+    """One POST of a webhook event: the delivery log, one row per attempt."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "attempt", name="uq_webhook_attempts_delivery_id_attempt"),
+    )
+
+    id: Mapped[UuidPk]
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[Timestamp]
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    # NULL when a 2xx answered; else a short code (http_status, timeout, redirect, ...).
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(500))
