@@ -138,6 +138,24 @@ class ProgrammeTurn(Base):
     served_at: Mapped[OptionalTimestamp]
 
 
+class ProgrammeScheme(Base):
+    """A programme's grading scheme, set by ``retinaq admin set-scheme``; no row means ICDR.
+
+    ``mapping`` holds the code of each ICDR grade (0-4) and ``recall`` the months per
+    recall setting, both complete, as common.screening.schemes checked them.
+    """
+
+    __tablename__ = "programme_schemes"
+
+    programme_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True
+    )
+    scheme: Mapped[str] = mapped_column(String(32))
+    mapping: Mapped[list[str]] = mapped_column(JSON)
+    recall: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[Timestamp]
+
+
 class ActiveModel(Base):
     """The registry model a role's workers serve, chosen by ``retinaq admin models activate``.
 
@@ -222,6 +240,10 @@ class Image(Base):
         Index("ix_images_programme_id_id", "programme_id", "id"),
         Index("ix_images_programme_id_state", "programme_id", "state"),
         Index("ix_images_programme_id_created_at", "programme_id", "created_at"),
+        # A patient's previous screening in the programme, for a scheme's repeat recall.
+        Index(
+            "ix_images_programme_id_patient_id_batch_id", "programme_id", "patient_id", "batch_id"
+        ),
         Index("ix_images_state_enqueued_at", "state", "enqueued_at"),
         Index("ix_images_state_lease_expires_at", "state", "lease_expires_at"),
         # Only the queued images, per programme and oldest first: what a claim in turn
@@ -397,13 +419,15 @@ class WebhookDelivery(Base):
 
     ``body`` holds the exact bytes sent, fixed when the event is recorded, so a retry is the
     same message. ``next_attempt_at`` is when it is next due; a delivery in flight pushes it
-    past its own timeout, so the reconciler re-sends only events whose message was lost.
+    past its own timeout, so one attempt runs at a time. ``enqueued_at`` says when a task was
+    sent for it, so the reconciler sends one for a new event and re-sends only lost ones.
     """
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         Index("ix_webhook_deliveries_batch_id_id", "batch_id", "id"),
         Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_image_id", "image_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -417,7 +441,9 @@ class WebhookDelivery(Base):
     state: Mapped[WebhookState] = mapped_column(_enum(WebhookState, "webhook_state"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[Timestamp]
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[OptionalTimestamp]
+    # When a delivery task was last sent for it (or is due, for a retry sent with a delay).
+    enqueued_at: Mapped[OptionalTimestamp]
     finished_at: Mapped[OptionalTimestamp]
 
 

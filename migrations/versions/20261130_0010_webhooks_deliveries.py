@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_deliveries"),
         sa.ForeignKeyConstraint(
@@ -76,6 +77,8 @@ def upgrade() -> None:
         "webhook_deliveries",
         ["state", "next_attempt_at"],
     )
+
+    op.create_index("ix_webhook_deliveries_image_id", "webhook_deliveries", ["image_id"])
 
     op.create_table(
         "webhook_attempts",
@@ -102,6 +105,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("webhook_attempts")
+    op.drop_index("ix_webhook_deliveries_image_id", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_state_next_attempt_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_batch_id_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
