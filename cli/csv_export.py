@@ -3,14 +3,9 @@
 Two kinds, deliberately treated differently:
 
 - **Files for people** (``retinaq results --out``, ``retinaq submit --out``, the demo's
-  ``results.csv``) are opened in spreadsheets, which run a cell beginning with ``=``,
-  ``+``, ``-``, ``@``, tab or carriage return as a formula: a filename
-  ``+SUM(1+1).jpg`` or a patient id ``=HYPERLINK(...)`` would execute on the reader's
-  machine. :class:`SpreadsheetWriter` prefixes such a cell with a single quote (OWASP's
-  rule), which spreadsheets show as text. Numbers stay numbers: an ``int``/``float``,
-  or a string that is only a decimal number such as ``-0.5``, cannot be a formula and
-  is written as is. A program reading these files sees the quote; strip a leading ``'``
-  from text cells that start with one of those characters to recover the original.
+  ``results.csv``) are opened in spreadsheets, so every cell goes through
+  :class:`common.spreadsheet.SpreadsheetWriter`, which the API's ``results.csv`` uses
+  too: a cell a spreadsheet would run as a formula is prefixed with a single quote.
 - **Data for the API** (the metadata part of an upload) is written byte-faithfully with
   the csv module's quoting and no prefix: the API stores the patient id it is given, and
   a quote added here would become part of the patient's identity.
@@ -20,36 +15,22 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+from common.spreadsheet import FORMULA_TRIGGERS, SpreadsheetWriter, neutralise
+
+__all__ = [
+    "FORMULA_TRIGGERS",
+    "METADATA_COLUMNS",
+    "SpreadsheetWriter",
+    "metadata_csv",
+    "neutralise",
+    "write_spreadsheet_csv",
+]
+
 METADATA_COLUMNS = ("filename", "patient_id", "laterality")
-
-
-def neutralise(value: Any) -> Any:
-    """A cell a spreadsheet cannot run as a formula; numbers are returned unchanged."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        value = "" if value is None else str(value)
-    if not isinstance(value, str):
-        return value
-    if value.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(value):
-        return "'" + value
-    return value
-
-
-class SpreadsheetWriter:
-    """A ``csv.writer`` whose every cell goes through :func:`neutralise`."""
-
-    def __init__(self, handle: IO[str]) -> None:
-        self._writer = csv.writer(handle)
-
-    def writerow(self, row: Iterable[Any]) -> None:
-        """Write one row, each cell made inert."""
-        self._writer.writerow([neutralise(cell) for cell in row])
 
 
 def write_spreadsheet_csv(
