@@ -17,6 +17,7 @@ from common.settings import Settings
 
 GRADE_IMAGES_TASK = "retinaq.grade_images"
 HEATMAP_TASK = "retinaq.explain_images"
+DELIVER_WEBHOOK_TASK = "retinaq.deliver_webhook"
 # The message header naming the HTTP request (``X-Request-ID``) that sent a task.
 REQUEST_ID_HEADER = "request_id"
 
@@ -54,6 +55,7 @@ def make_celery(settings: Settings, *, name: str = "retinaq") -> Celery:
         task_routes={
             GRADE_IMAGES_TASK: {"queue": settings.queue_name},
             HEATMAP_TASK: {"queue": settings.heatmap_queue_name},
+            DELIVER_WEBHOOK_TASK: {"queue": settings.webhook_queue_name},
         },
         task_serializer="json",
         accept_content=["json"],
@@ -111,6 +113,20 @@ def send_heatmap_task(celery: Celery, settings: Settings, image_ids: list[Any]) 
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
+
+
+def send_webhook_delivery(
+    celery: Celery, settings: Settings, delivery_id: str, *, countdown: float | None = None
+) -> None:
+    """One delivery task per event, on the webhooks queue; ``countdown`` delays a retry."""
+    celery.send_task(
+        DELIVER_WEBHOOK_TASK,
+        args=[delivery_id],
+        queue=settings.webhook_queue_name,
+        countdown=countdown,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:

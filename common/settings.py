@@ -11,11 +11,13 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.webhooks.addresses import parse_networks
 
 # The registry shipped as package data (in a checkout, a link to ``models/``), so an installed
 # copy finds its model wherever it was installed and whatever the working directory.
@@ -220,12 +222,62 @@ class Settings(BaseSettings):
     page_size_max: int = Field(default=1000, ge=1)
     status_retry_after_s: int = Field(default=5, ge=1)
 
+    webhook_queue_name: str = Field(
+        default="retinaq.webhooks",
+        description="Webhook deliveries: a queue of their own, served by retinaq worker "
+        "--serve webhooks, so a slow receiver never holds grading back.",
+    )
+    webhook_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Networks (CIDR, comma-separated) a callback may reach although they are "
+        "internal (loopback, private, link-local...): a receiver on the operator's network.",
+    )
+    webhook_allow_http: bool = Field(
+        default=False, description="Accept http:// callback URLs, not only https://."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Attempts of one event before it is given up."
+    )
+    webhook_max_age_s: int = Field(
+        default=24 * 3600, ge=60, description="An event undelivered this long is given up."
+    )
+    webhook_backoff_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="The wait after a failed attempt doubles from this (with jitter).",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="The longest wait between two attempts."
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="The whole of one attempt: connect, send, read."
+    )
+    webhook_resend_after_s: int = Field(
+        default=120,
+        ge=1,
+        description="The reconciler re-sends a due event whose task was sent this long ago "
+        "and never ran (a lost broker message).",
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Deliveries a webhooks worker makes at once."
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "text", ""] = Field(
         default="",
         description="json: one JSON object a line, for a log pipeline; text: lines for a "
         "person. Default json, except text in the embedded profile (make demo).",
     )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        """A comma-separated list, each a network in CIDR form (checked here, at start)."""
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(str(network) for network in parse_networks([str(v) for v in value]))
+        return value
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -427,7 +427,10 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_batch_id_id", "batch_id", "id"),
         Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
-        Index("ix_webhook_deliveries_image_id", "image_id"),
+        # One event of a kind per image: two workers settling a batch at once record it once.
+        UniqueConstraint(
+            "image_id", "event_type", name="uq_webhook_deliveries_image_id_event_type"
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

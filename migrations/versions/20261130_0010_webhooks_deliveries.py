@@ -70,6 +70,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.CheckConstraint(f"state IN ({states})", name="ck_webhook_deliveries_webhook_state"),
+        sa.UniqueConstraint(
+            "image_id", "event_type", name="uq_webhook_deliveries_image_id_event_type"
+        ),
     )
     op.create_index("ix_webhook_deliveries_batch_id_id", "webhook_deliveries", ["batch_id", "id"])
     op.create_index(
@@ -77,8 +80,6 @@ def upgrade() -> None:
         "webhook_deliveries",
         ["state", "next_attempt_at"],
     )
-
-    op.create_index("ix_webhook_deliveries_image_id", "webhook_deliveries", ["image_id"])
 
     op.create_table(
         "webhook_attempts",
@@ -105,7 +106,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("webhook_attempts")
-    op.drop_index("ix_webhook_deliveries_image_id", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_state_next_attempt_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_batch_id_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
