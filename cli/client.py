@@ -3,14 +3,17 @@
 It follows the links the API returns instead of building URLs, but only within the
 origin it was given: its API key never goes to a host a ``Location`` header or a link
 names (a reflected ``Host`` header could point those anywhere). It streams files from
-disk in chunks, naming each by its path relative to the folder given, and honours
-``Retry-After`` while waiting.
+disk in chunks, naming each by its path relative to the folder given, sends every POST
+with an ``Idempotency-Key`` so that a retry is answered rather than redone, retries what
+:mod:`cli.retries` calls transient, and honours ``Retry-After`` while waiting.
 """
 
 from __future__ import annotations
 
 import csv
 import mimetypes
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -21,10 +24,13 @@ from typing import Any
 import httpx
 
 from cli.csv_export import metadata_csv, write_spreadsheet_csv
+from cli.retries import RetryPolicy, describe, is_transient, retry_after_seconds
 from common.filenames import relative_path, resolve_rows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
 FINISHED = {"completed", "completed_with_errors"}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+HELD_PAGE_SIZE = 1000
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 RESULT_COLUMNS = (
     "image_id",
@@ -52,10 +58,18 @@ RESULT_COLUMNS = (
 class ApiClientError(RuntimeError):
     """The API answered with an error (or pointed elsewhere); carries its code and message."""
 
-    def __init__(self, status: int | None, code: str, message: str) -> None:
+    def __init__(
+        self, status: int | None, code: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status = status
         self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class AlreadyDone(Exception):
+    """Between two tries, the API was found to hold what the request would have sent."""
 
 
 class MetadataError(ValueError):
@@ -68,15 +82,6 @@ class ImageFile:
 
     path: Path
     name: str
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A submitted batch: its id and status URL (from the Location header)."""
-
-    batch_id: str
-    status_url: str
-    image_count: int
 
 
 def find_images(paths: list[Path]) -> list[ImageFile]:
@@ -132,15 +137,28 @@ def resolve_metadata(
 
 
 class ApiClient:
-    """A thin, typed wrapper over the v1 API."""
+    """A thin, typed wrapper over the v1 API; ``retry`` says which failures it rides out."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         )
         self._origin = _origin(self._http.base_url)
+        self._retry = retry or RetryPolicy(attempts=1)
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port`` of the API: the only place the key is sent."""
+        return self._origin
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -152,9 +170,70 @@ class ApiClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotency_key: str | None = None,
+        parts: Callable[[ExitStack], dict[str, Any]] | None = None,
+        settled: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send with the retry policy. ``parts`` builds the body afresh for every try (file
+        handles are spent by the one before); ``settled`` is asked before each retry whether
+        the API already did the work, and :class:`AlreadyDone` is raised when it did."""
+        if idempotency_key is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), IDEMPOTENCY_HEADER: idempotency_key}
+        tries = 0
+        try:
+            for attempt in self._retry.retrying():
+                with attempt:
+                    tries += 1
+                    if tries > 1 and settled is not None and settled():
+                        raise AlreadyDone
+                    with ExitStack() as stack:
+                        extra = parts(stack) if parts else {}
+                        return self._once(method, url, **kwargs, **extra)
+        except httpx.TransportError as error:
+            raise ApiClientError(
+                None, "api_unreachable", f"{describe(error)} at {self._origin}{_tries(tries)}"
+            ) from error
+        except ApiClientError as error:
+            if tries > 1 and is_transient(error):
+                raise ApiClientError(
+                    error.status, error.code, error.message + _tries(tries)
+                ) from error
+            raise
+        raise AssertionError("tenacity returned without an answer or an error")
+
+    def _once(
+        self, method: str, url: str, *, stream_to: Path | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One try: refuses a foreign origin, turns an error answer into ApiClientError;
+        with ``stream_to`` a success's body is streamed into that file (whole or not at all)."""
         request = self._http.build_request(method, url, **kwargs)
-        target = _origin(request.url)
+        self._check_origin(request.url)
+        response = self._http.send(request, stream=stream_to is not None)
+        try:
+            if response.status_code < 400 and stream_to is not None:
+                _stream_into(response, stream_to)
+            else:
+                response.read()
+        finally:
+            response.close()
+        if response.status_code >= 400:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            try:
+                error = response.json()["error"]
+                code, message = str(error["code"]), str(error["message"])
+            except (ValueError, KeyError, TypeError):
+                code, message = "http_error", response.text[:200]
+            raise ApiClientError(response.status_code, code, message, retry_after)
+        return response
+
+    def _check_origin(self, url: httpx.URL) -> None:
+        target = _origin(url)
         if target != self._origin:
             raise ApiClientError(
                 None,
@@ -163,66 +242,80 @@ class ApiClient:
                 "pointed there (a Location header or link); if the API really lives there, "
                 "give that as --api-url",
             )
-        response = self._http.send(request)
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                raise ApiClientError(response.status_code, error["code"], error["message"])
-            except (ValueError, KeyError, TypeError):
-                raise ApiClientError(
-                    response.status_code, "http_error", response.text[:200]
-                ) from None
-        return response
 
-    def submit(
-        self,
-        files: list[ImageFile],
-        *,
-        metadata: dict[str, dict[str, str]] | None = None,
-        reference: str | None = None,
-        chunk_size: int = 64,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> Submission:
-        """Upload files; one request when they fit a chunk, else an open batch filled in chunks.
+    def create_open_batch(self, reference: str | None, key: str) -> tuple[dict[str, Any], str]:
+        """A new open batch (its brief) and its status URL, created once however often sent."""
+        response = self._request(
+            "POST",
+            "/v1/batches",
+            idempotency_key=key,
+            json={"reference": reference, "open": True},
+        )
+        body: dict[str, Any] = response.json()
+        status_url = response.headers.get("Location") or f"{self._origin}/v1/batches/{body['id']}"
+        self._check_origin(httpx.URL(status_url))
+        return body, status_url
 
-        ``metadata`` is :func:`metadata_rows`' output; it is resolved against all the files
-        first, so an ambiguous row raises :class:`MetadataError` before anything is sent.
-        """
-        metadata = resolve_metadata(metadata or {}, files)
-        chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
-        if len(chunks) == 1:
-            response = self._upload("/v1/batches", chunks[0], metadata, reference)
-            if on_progress:
-                on_progress(len(chunks[0]))
-            body = response.json()
-            return Submission(body["id"], response.headers["Location"], body["image_count"])
-        created = self._request("POST", "/v1/batches", json={"reference": reference, "open": True})
-        body = created.json()
-        for chunk in chunks:
-            self._upload(body["links"]["add_images"], chunk, metadata, None)
-            if on_progress:
-                on_progress(len(chunk))
-        closed = self._request("POST", body["links"]["close"]).json()
-        return Submission(closed["id"], created.headers["Location"], closed["image_count"])
-
-    def _upload(
+    def add_images(
         self,
         url: str,
         chunk: list[ImageFile],
         metadata: dict[str, dict[str, str]],
-        reference: str | None,
-    ) -> httpx.Response:
-        with ExitStack() as stack:
-            parts: list[tuple[str, tuple[str, Any, str]]] = []
-            for file in chunk:
-                mime = mimetypes.guess_type(file.path.name)[0] or "application/octet-stream"
-                handle = stack.enter_context(file.path.open("rb"))
-                parts.append(("images", (file.name, handle, mime)))
-            rows = [metadata[f.name] for f in chunk if f.name in metadata]
-            if rows:
-                parts.append(("metadata", ("metadata.csv", metadata_csv(rows), "text/csv")))
-            data = {"reference": reference} if reference else None
-            return self._request("POST", url, files=parts, data=data)
+        key: str,
+        settled: Callable[[], bool] | None = None,
+    ) -> dict[str, Any] | None:
+        """Add one chunk to an open batch; None when ``settled`` found it already held."""
+        try:
+            response = self._request(
+                "POST",
+                url,
+                idempotency_key=key,
+                parts=lambda stack: {"files": _multipart(stack, chunk, metadata)},
+                settled=settled,
+            )
+        except AlreadyDone:
+            return None
+        body: dict[str, Any] = response.json()
+        return body
+
+    def close_batch(self, url: str, key: str) -> dict[str, Any]:
+        """Close an open batch (closing twice is harmless on the API's side too)."""
+        body: dict[str, Any] = self._request("POST", url, idempotency_key=key).json()
+        return body
+
+    def download(self, url: str, out: Path) -> Path:
+        """A GET's body (a server-side export) streamed into ``out``; retried as a whole."""
+        self._request("GET", url, stream_to=out, headers={"Accept": "*/*"})
+        return out
+
+    def fhir_bundle(self, batch_id: str) -> dict[str, Any]:
+        """The batch's FHIR Bundle, its pages (``link`` relation ``next``) joined into one."""
+        bundle: dict[str, Any] = self._request("GET", f"/v1/batches/{batch_id}/fhir").json()
+        entries = list(bundle.get("entry") or [])
+        following = _next_link(bundle)
+        while following:
+            page = self._request("GET", following).json()
+            entries.extend(page.get("entry") or [])
+            following = _next_link(page)
+        bundle["entry"] = entries
+        links = bundle.get("link") or []
+        bundle["link"] = [link for link in links if link.get("relation") == "self"]
+        if "total" in bundle:
+            bundle["total"] = len(entries)
+        return bundle
+
+    def held_images(self, batch_id: str, *, retry: bool = True) -> dict[str, str]:
+        """Every image the batch holds, ``{filename: sha256}``; one try each page unless
+        ``retry`` (a caller that is itself between retries should not nest another)."""
+        send = self._request if retry else self._once
+        held: dict[str, str] = {}
+        url: str | None = f"/v1/batches/{batch_id}/images"
+        params: dict[str, Any] | None = {"limit": HELD_PAGE_SIZE}
+        while url:
+            page = send("GET", url, params=params).json()
+            held.update((item["filename"], item["sha256"]) for item in page["items"])
+            url, params = page["links"].get("next"), None
+        return held
 
     def status(self, url_or_id: str) -> tuple[dict[str, Any], float | None]:
         """A batch's status and the server's ``Retry-After`` hint (seconds)."""
@@ -295,6 +388,46 @@ def flatten_result(row: dict[str, Any]) -> dict[str, Any]:
 def write_results_csv(rows: list[dict[str, Any]], out: Path) -> Path:
     """Write flattened result rows to ``out``, safe to open in a spreadsheet."""
     return write_spreadsheet_csv(out, RESULT_COLUMNS, (flatten_result(r) for r in rows))
+
+
+def _multipart(
+    stack: ExitStack, chunk: list[ImageFile], metadata: dict[str, dict[str, str]]
+) -> list[tuple[str, tuple[str, Any, str]]]:
+    """The ``images`` parts (opened in ``stack``) and the chunk's metadata rows."""
+    parts: list[tuple[str, tuple[str, Any, str]]] = []
+    for file in chunk:
+        mime = mimetypes.guess_type(file.path.name)[0] or "application/octet-stream"
+        parts.append(("images", (file.name, stack.enter_context(file.path.open("rb")), mime)))
+    rows = [metadata[f.name] for f in chunk if f.name in metadata]
+    if rows:
+        parts.append(("metadata", ("metadata.csv", metadata_csv(rows), "text/csv")))
+    return parts
+
+
+def _stream_into(response: httpx.Response, out: Path) -> None:
+    """Write the body through a temporary file renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            for block in response.iter_bytes():
+                sink.write(block)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    """A FHIR Bundle's ``next`` page, if it has one."""
+    for link in bundle.get("link") or []:
+        if link.get("relation") == "next" and link.get("url"):
+            return str(link["url"])
+    return None
+
+
+def _tries(tries: int) -> str:
+    return f" (gave up after {tries} tries)" if tries > 1 else ""
 
 
 def _origin(url: httpx.URL) -> str:

@@ -14,7 +14,7 @@ from cli.doctor import doctor
 from cli.modelling import evaluate, synth, train
 from cli.quality import quality_eval
 from cli.servers import api, db, reconcile, worker
-from cli.submitting import results, status, submit
+from cli.submitting import export, results, status, submit
 from common.logs import configure_logging
 
 
@@ -34,6 +34,7 @@ for command in (
     submit,
     status,
     results,
+    export,
     admin,
     doctor,
     db,
