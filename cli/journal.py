@@ -97,10 +97,6 @@ class Journal:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
-    def sent(self) -> int:
-        """Files in chunks the API acknowledged."""
-        return sum(len(chunk.files) for chunk in self.chunks if chunk.acknowledged)
-
 
 def load_journal(path: Path) -> Journal | None:
     """The journal at ``path``, None when there is none; JournalError when unreadable."""

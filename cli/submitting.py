@@ -69,28 +69,28 @@ def upload_with_progress(
         TimeElapsedColumn(),
     )
 
+    progress = Progress(*columns, console=console)
+    task = progress.add_task("upload", total=len(files))
+
     def announce(batch_id: str, status_url: str) -> None:
         console.print(f"batch {batch_id}: {status_url}")
         click.echo(status_url)
+        progress.start()  # only once there is a batch: an early failure is one line
 
+    events = UploadEvents(
+        batch=announce, progress=lambda n: progress.advance(task, n), note=progress.console.print
+    )
     try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("upload", total=len(files))
-            events = UploadEvents(
-                batch=announce,
-                progress=lambda n: progress.advance(task, n),
-                note=console.print,
-            )
-            return upload(
-                client,
-                files,
-                metadata,
-                reference=reference,
-                chunk_size=chunk_size,
-                journal_at=journal_at,
-                resume=resume,
-                events=events,
-            )
+        return upload(
+            client,
+            files,
+            metadata,
+            reference=reference,
+            chunk_size=chunk_size,
+            journal_at=journal_at,
+            resume=resume,
+            events=events,
+        )
     except UploadIncomplete as stopped:
         lines = [
             f"could not finish the upload: {stopped.cause}",
@@ -100,6 +100,8 @@ def upload_with_progress(
         if resume_command and stopped.journal is not None:
             lines.append(f"to send the rest and close it, run: {resume_command}")
         raise click.ClickException("\n".join(lines)) from stopped
+    finally:
+        progress.stop()
 
 
 def wait_with_progress(

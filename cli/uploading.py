@@ -96,7 +96,12 @@ def upload(
     journal = _journal(client, files, resolved, reference, journal_at, resume)
     by_name = {file.name: file for file in files}
     if journal.batch_id is None:
-        body, status_url = client.create_open_batch(journal.reference, journal.create_key)
+        try:
+            body, status_url = client.create_open_batch(journal.reference, journal.create_key)
+        except ApiClientError:
+            # Nothing was sent: a mistyped URL or a refused key must not block the next run.
+            journal.remove()
+            raise
         journal.batch_id, journal.status_url = body["id"], status_url
         journal.save()
         held: dict[str, str] = {}
