@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -269,6 +270,10 @@ class Image(Base):
     laterality: Mapped[str | None] = mapped_column(String(1))
     # The X-Request-ID of the upload that sent it: worker log lines about it name the request.
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # What a DICOM photograph's header says (common.dicom_header); None for other formats.
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[date | None] = mapped_column(Date)
+    device: Mapped[str | None] = mapped_column(String(128))  # manufacturer and model
     state: Mapped[ImageState] = mapped_column(_enum(ImageState, "image_state"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from common.dicom_header import is_dicom
 from common.imaging.field_of_view import BAR_MIN_LEVEL, edge_bars, field_of_view_region
 from common.imaging.pixel_budget import PixelBudget
 
@@ -63,9 +64,12 @@ def decode_image(
 ) -> Image.Image:
     """Decode bytes into an upright 8-bit RGB image, or raise :class:`ImageDecodeError`.
 
-    Multi-frame files (animated GIF, APNG and WebP, multi-page TIFF, MPO) are graded on
-    their first frame alone: it is the frame every viewer shows, the one whose size the
-    pixel limit checks, and the later frames are never decoded.
+    Multi-frame files (animated GIF, APNG and WebP, multi-page TIFF, MPO, multi-frame
+    DICOM) are graded on their first frame alone: it is the frame every viewer shows, the
+    one whose size the pixel limit checks, and the later frames are never decoded.
+
+    A DICOM file is recognised by its ``DICM`` magic, whatever it is called, and decoded
+    by :mod:`common.imaging.dicom` under the same limits.
 
     ``draft_size`` is the shorter side the image is wanted at, at least: a JPEG decoder
     downscales by a power of two while decoding, which is far cheaper than decoding 12
@@ -80,6 +84,10 @@ def decode_image(
     """
     if not data:
         raise ImageDecodeError("empty_file", "the file is empty")
+    if is_dicom(data):
+        image = _decode_dicom(data, max_pixels=max_pixels, draft_size=draft_size, budget=budget)
+        _check_size(image)
+        return image
     try:
         with warnings.catch_warnings():
             # Pillow warns from its own limit (``Image.MAX_IMAGE_PIXELS``, which the worker
@@ -121,11 +129,46 @@ def decode_image(
         # pixels: an error kept as a result must not keep a full-size image alive.
         traceback.clear_frames(exc.__traceback__)
         raise _decode_error(exc) from exc
+    _check_size(image)
+    return image
+
+
+def _check_size(image: Image.Image) -> None:
     if min(image.size) < MIN_SIDE:
         raise ImageDecodeError(
             "too_small", f"{image.size[0]}x{image.size[1]} is below {MIN_SIDE} pixels a side"
         )
-    return image
+
+
+def _decode_dicom(
+    data: bytes, *, max_pixels: int, draft_size: int | None, budget: PixelBudget | None
+) -> Image.Image:
+    """:func:`decode_image` for a DICOM file: its first frame, checked against the same
+    limits from the header before any pixel is decoded, reduced as soon as it is."""
+    # pydicom (and NumPy's decoders behind it) load on the first DICOM file only.
+    from common.imaging.dicom import DicomPixelError, first_frame, frame_header
+
+    try:
+        frame = frame_header(data)
+        pixels = frame.width * frame.height
+        if pixels > max_pixels:
+            raise ImageDecodeError(
+                "too_many_pixels",
+                f"{frame.width}x{frame.height} exceeds the limit of {max_pixels} pixels",
+            )
+        if budget and pixels > budget.capacity:
+            raise ImageDecodeError(
+                "too_many_pixels",
+                f"{frame.width}x{frame.height} exceeds the decoding budget of "
+                f"{budget.capacity} pixels",
+            )
+        with budget.hold(pixels) if budget else nullcontext():
+            image = _reduced(first_frame(data, frame), draft_size)
+    except DicomPixelError as exc:
+        # As for Pillow's errors: the decoder's frames must not keep a frame's pixels alive.
+        traceback.clear_frames(exc.__traceback__)
+        raise ImageDecodeError(exc.code, exc.message) from None
+    return to_rgb(image)
 
 
 def _decode_error(exc: Exception) -> ImageDecodeError:
@@ -150,15 +193,25 @@ def _load_reduced(
         opened.load()
         # Read after loading: a PNG may carry its EXIF after the pixel data.
         transpose = _TRANSPOSITIONS.get(opened.getexif().get(ExifTags.Base.Orientation, 1))
-        factor = min(opened.size) // draft_size if draft_size else 1
-        if factor <= 1:
-            return opened, transpose
-        reduced = _reducible(opened).reduce(factor)
     except BaseException:
         opened.close()
         raise
-    opened.close()
-    return reduced, transpose
+    return _reduced(opened, draft_size), transpose
+
+
+def _reduced(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """The loaded image reduced by a whole factor towards ``draft_size``; the full-size one
+    is closed, on success or failure, unless it is the image returned."""
+    try:
+        factor = min(image.size) // draft_size if draft_size else 1
+        if factor <= 1:
+            return image
+        reduced = _reducible(image).reduce(factor)
+    except BaseException:
+        image.close()
+        raise
+    image.close()
+    return reduced
 
 
 def _reducible(image: Image.Image) -> Image.Image:

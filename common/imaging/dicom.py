@@ -1,0 +1,126 @@
+"""DICOM photographs (Ophthalmic Photography and any other single- or multi-frame image) as
+pixels, through pydicom and whichever decoding plugins are installed.
+
+pydicom decodes uncompressed and RLE data itself (with NumPy), JPEG baseline, extended and
+JPEG 2000 through Pillow, and JPEG lossless and JPEG-LS through GDCM (python-gdcm, the
+worker extra). A transfer syntax none of them decodes is ``unsupported_transfer_syntax``
+for that image alone. Like every multi-frame format here, only the first frame is decoded.
+:mod:`common.imaging.decode` calls these two steps around its pixel budget: the frame's
+size from the header first, then the frame.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import pixel_array
+
+# What pydicom leaves in these interpretations after decoding (it converts YBR_FULL and
+# YBR_FULL_422 to RGB; a JPEG 2000 decoder undoes YBR_ICT and YBR_RCT), and the PIL mode.
+_MODES = {
+    "MONOCHROME1": "L",
+    "MONOCHROME2": "L",
+    "PALETTE COLOR": "RGB",
+    "RGB": "RGB",
+    "YBR_FULL": "RGB",
+    "YBR_FULL_422": "RGB",
+    "YBR_ICT": "RGB",
+    "YBR_RCT": "RGB",
+}
+
+
+class DicomPixelError(ValueError):
+    """A DICOM file whose first frame cannot be decoded, with the image's failure code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DicomFrame:
+    """The first frame's layout, as the header declares it, before any pixel is decoded."""
+
+    width: int
+    height: int
+    frames: int
+    header: Dataset
+
+
+def frame_header(data: bytes) -> DicomFrame:
+    """Read the header (never the pixel data) and check the first frame can be decoded."""
+    try:
+        header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:  # untrusted bytes: any parser failure means a damaged header
+        raise DicomPixelError("corrupt_image", f"the DICOM header is damaged: {exc}") from exc
+    syntax = header.file_meta.get("TransferSyntaxUID")
+    if not syntax:
+        raise DicomPixelError("corrupt_image", "the DICOM file names no transfer syntax")
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise DicomPixelError(
+            "unsupported_transfer_syntax",
+            f"the DICOM transfer syntax {syntax.name} ({syntax}) cannot be decoded here",
+        )
+    rows, columns = header.get("Rows"), header.get("Columns")
+    if not rows or not columns:
+        raise DicomPixelError("not_an_image", "the DICOM file holds no image (no Rows/Columns)")
+    interpretation = header.get("PhotometricInterpretation")
+    if interpretation not in _MODES or header.get("SamplesPerPixel", 1) not in (1, 3):
+        raise DicomPixelError(
+            "unsupported_photometric_interpretation",
+            f"DICOM pixels in {interpretation!s} cannot be shown as a colour photograph",
+        )
+    frames = int(header.get("NumberOfFrames") or 1)
+    return DicomFrame(width=int(columns), height=int(rows), frames=frames, header=header)
+
+
+def first_frame(data: bytes, frame: DicomFrame) -> Image.Image:
+    """Decode the first frame (8-bit ``L`` or ``RGB``), whatever its encoding and depth."""
+    try:
+        array = pixel_array(io.BytesIO(data), index=0)
+    except Exception as exc:  # untrusted bytes: any decoder failure means damaged data
+        raise DicomPixelError("corrupt_image", f"the DICOM pixel data is damaged: {exc}") from exc
+    header = frame.header
+    interpretation = str(header.PhotometricInterpretation)
+    if interpretation == "PALETTE COLOR":
+        array = _to_8_bit(apply_color_lut(array, header), _lut_bits(header))
+    else:
+        array = _to_8_bit(array, int(header.get("BitsStored") or array.dtype.itemsize * 8))
+    if interpretation == "MONOCHROME1":
+        array = 255 - array  # the lowest value is white
+    mode = _MODES[interpretation]
+    if (array.ndim == 3) != (mode == "RGB"):
+        raise DicomPixelError(
+            "corrupt_image", f"{interpretation} pixels decoded with shape {array.shape}"
+        )
+    return Image.fromarray(np.ascontiguousarray(array), mode=mode)
+
+
+def _to_8_bit(array: np.ndarray[Any, Any], bits: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """Stored values scaled from their declared range (``bits``, signed or not) to 0-255."""
+    if array.dtype == np.uint8 and bits >= 8:
+        return array.astype(np.uint8, copy=False)
+    low = -(1 << (bits - 1)) if np.issubdtype(array.dtype, np.signedinteger) else 0
+    span = float((1 << bits) - 1)
+    scaled = (array.astype(np.float32) - low) * (255.0 / span)
+    result: np.ndarray[Any, np.dtype[np.uint8]] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return result
+
+
+def _lut_bits(header: Dataset) -> int:
+    """A palette's entry depth: its descriptor's third value, 8 or 16."""
+    descriptor = header.get("RedPaletteColorLookupTableDescriptor")
+    return int(descriptor[2]) if descriptor else 16
