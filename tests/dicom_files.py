@@ -18,6 +18,7 @@ from pydicom.pixels.utils import compress
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -40,6 +41,7 @@ def dicom_bytes(
     frames: int = 1,
     patient_id: str | None = "DCM-PATIENT-0042",
     laterality: str | None = "L",
+    eye_laterality: str | None = None,
     study_date: date | None = date(2026, 3, 14),
     manufacturer: str | None = "Topcon",
     model: str | None = "TRC-NW400",
@@ -78,6 +80,8 @@ def dicom_bytes(
     ds.PatientName = "Test^Patient"
     if patient_id:
         ds.PatientID = patient_id
+    if eye_laterality:
+        ds.Laterality = eye_laterality  # the series' attribute, for an image without its own
     ds.StudyInstanceUID = STUDY_UID
     ds.SeriesInstanceUID = generate_uid()
     if laterality:
@@ -99,7 +103,12 @@ def dicom_bytes(
         pixels = stack
     else:
         pixels = rgb
-    if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
+    if syntax in (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    ):
         ds.PixelData = pixels.tobytes()
         ds.file_meta.TransferSyntaxUID = syntax
     elif syntax == RLELossless:
