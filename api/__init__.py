@@ -9,6 +9,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from api import health
 from api.cursors import cursor_sealer
+from api.docs import pages as docs_pages
 from api.errors import register_error_handlers
 from api.hooks.hosts import install_origin
 from api.hooks.json_bodies import limit_json_body
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> Flask:
 
     app.register_blueprint(create_v1())
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs_pages.bp)  # /v1/openapi.json and /v1/docs, without a key
 
     app.before_request(start_clock)
     app.before_request(assign_request_id)

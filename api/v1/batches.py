@@ -9,10 +9,22 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.audit import audit, audit_read
+from api.docs.schemas import (
+    BatchAdded,
+    BatchBrief,
+    BatchList,
+    BatchStatus,
+    DeleteQuery,
+    ImageList,
+    OpenBatchRequest,
+    PageQuery,
+    PatientList,
+    ResultList,
+)
+from api.docs.spec import NO_CONTENT, operation
 from api.errors import ApiError, echo_client_values, not_found
 from api.flags import parse_flag
 from api.hooks.auth import scope
-from api.hooks.json_bodies import json_object
 from api.pagination import (
     decode_cursor,
     decode_text_cursor,
@@ -98,6 +110,14 @@ def _created(body: dict[str, Any], status: int, batch: Batch) -> Response:
 
 
 @bp.post("/batches")
+@operation(
+    tag="batches",
+    json=OpenBatchRequest,
+    multipart=True,
+    responses={201: BatchBrief, 202: BatchBrief},
+    errors=(400, 409, 413, 415, 422, 429),
+    headers={201: ("Location",), 202: ("Location",)},
+)
 def create_batch() -> Response:
     """Multipart: a closed batch graded at once (202). JSON ``{"open": true}``: an open batch."""
     if request.mimetype == "application/json":
@@ -127,21 +147,12 @@ def create_batch() -> Response:
 
 
 def _create_open_batch() -> Response:
-    body = json_object()
-    unknown = sorted(set(body) - {"reference", "open", "explain"})
-    if unknown:
-        raise ApiError(422, "unknown_fields", f"unknown field(s): {echo_client_values(unknown)}")
-    if body.get("open") is not True:
-        raise ApiError(
-            422,
-            "open_required",
-            'a JSON body creates an open batch and must say "open": true; '
-            "send multipart/form-data to submit images at once",
-        )
+    # Validated by OpenBatchRequest (api.docs.spec): unknown fields and "open" are settled.
+    body: OpenBatchRequest = request.context.json  # type: ignore[attr-defined]
     batch = Batch(
         programme_id=scope().programme_id,
-        reference=_reference(body.get("reference")),
-        explain=_explain(body.get("explain")),
+        reference=_reference(body.reference),
+        explain=_explain(body.explain),
         state=BatchState.OPEN,
         image_count=0,
     )
@@ -154,6 +165,13 @@ def _create_open_batch() -> Response:
 
 
 @bp.post("/batches/<uuid:batch_id>/images")
+@operation(
+    tag="batches",
+    multipart=True,
+    responses={202: BatchAdded},
+    errors=(400, 404, 409, 413, 415, 422, 429),
+    headers={202: ("Location",)},
+)
 def add_images(batch_id: uuid.UUID) -> Response:
     """Add images to an open batch; they are enqueued at once (202)."""
     state = api_state()
@@ -176,6 +194,7 @@ def add_images(batch_id: uuid.UUID) -> Response:
 
 
 @bp.post("/batches/<uuid:batch_id>/close")
+@operation(tag="batches", responses={200: BatchBrief}, errors=(400, 404, 409, 422))
 def close_batch(batch_id: uuid.UUID) -> Response:
     """No more images will come; closing twice is harmless."""
     session = db_session()
@@ -198,6 +217,9 @@ def close_batch(batch_id: uuid.UUID) -> Response:
 
 
 @bp.get("/batches/<uuid:batch_id>")
+@operation(
+    tag="batches", responses={200: BatchStatus}, errors=(404,), headers={200: ("Retry-After",)}
+)
 def get_batch(batch_id: uuid.UUID) -> Response:
     """Status with counts; ``Retry-After`` tells pollers when to come back."""
     found = scope().batch_with_summary(batch_id)
@@ -211,6 +233,7 @@ def get_batch(batch_id: uuid.UUID) -> Response:
 
 
 @bp.get("/batches")
+@operation(tag="batches", query=PageQuery, responses={200: BatchList}, errors=(400,))
 def list_batches() -> Response:
     """This programme's batches, oldest first, keyset-paginated."""
     settings = api_state().settings
@@ -261,12 +284,14 @@ def _image_listing(batch_id: uuid.UUID, endpoint: str, render: Any, audit_action
 
 
 @bp.get("/batches/<uuid:batch_id>/results")
+@operation(tag="results", query=PageQuery, responses={200: ResultList}, errors=(400, 404))
 def list_results(batch_id: uuid.UUID) -> Response:
     """One row per image in submission order: grade and referral, or state and error."""
     return _image_listing(batch_id, "v1.batches.list_results", result_row, "results.read")
 
 
 @bp.get("/batches/<uuid:batch_id>/images")
+@operation(tag="batches", query=PageQuery, responses={200: ImageList}, errors=(400, 404))
 def list_images(batch_id: uuid.UUID) -> Response:
     """The batch's images as submitted: names, hashes, metadata, states."""
     return _image_listing(
@@ -275,6 +300,7 @@ def list_images(batch_id: uuid.UUID) -> Response:
 
 
 @bp.get("/batches/<uuid:batch_id>/patients")
+@operation(tag="results", query=PageQuery, responses={200: PatientList}, errors=(400, 404))
 def list_patients(batch_id: uuid.UUID) -> Response:
     """One row per patient (from the metadata's ``patient_id``/``laterality``): grade per
     eye, the patient's grade, and ``refer`` / ``rescreen_12m`` / ``recapture`` / ``pending``."""
@@ -321,6 +347,12 @@ def _purge_requested() -> bool:
 
 
 @bp.delete("/batches/<uuid:batch_id>")
+@operation(
+    tag="batches",
+    query=DeleteQuery,
+    responses={200: BatchBrief, 204: NO_CONTENT},
+    errors=(400, 404),
+)
 def delete_batch(batch_id: uuid.UUID) -> Response:
     """Cancel pending images (200 with the batch); ``?purge=true`` also erases rows and bytes (204).
 

@@ -8,6 +8,8 @@ import uuid
 from flask import Blueprint, Response, jsonify, send_file
 
 from api.audit import audit_read
+from api.docs.schemas import ImageDetail
+from api.docs.spec import Body, operation
 from api.errors import ApiError, not_found
 from api.hooks.auth import scope
 from api.representations.json import image_detail
@@ -18,6 +20,7 @@ bp = Blueprint("images", __name__)
 
 
 @bp.get("/images/<uuid:image_id>")
+@operation(tag="images", responses={200: ImageDetail}, errors=(404,))
 def get_image(image_id: uuid.UUID) -> Response:
     """The image and its result; 404 alike for missing and foreign ids."""
     row = scope().image_with_result(image_id)
@@ -30,6 +33,11 @@ def get_image(image_id: uuid.UUID) -> Response:
 
 
 @bp.get("/images/<uuid:image_id>/heatmap")
+@operation(
+    tag="images",
+    responses={200: Body("image/png", {"type": "string", "contentMediaType": "image/png"})},
+    errors=(404,),
+)
 def get_heatmap(image_id: uuid.UUID) -> Response:
     """The Grad-CAM overlay (PNG) of the image's result; 404 JSON saying why when none."""
     row = scope().image_with_result(image_id)

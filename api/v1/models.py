@@ -6,6 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
+from api.docs.schemas import ModelEntry, ModelList
+from api.docs.spec import operation
 from api.errors import not_found
 from api.state import api_state, db_session
 from common.modelling.activation import Activation, active_model, serving_model_name
@@ -36,6 +38,7 @@ def _activation_body(activation: Activation | None) -> dict[str, Any] | None:
 
 
 @bp.get("/models")
+@operation(tag="models", responses={200: ModelList})
 def list_models() -> Response:
     """Every model in the registry with its manifest; ``serving`` marks the workers' model.
 
@@ -57,6 +60,7 @@ def list_models() -> Response:
 
 
 @bp.get("/models/<name>")
+@operation(tag="models", responses={200: ModelEntry}, errors=(404,))
 def get_model(name: str) -> Response:
     """One model's manifest: metrics, preprocessing, thresholds and file hash."""
     settings = api_state().settings
