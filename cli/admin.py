@@ -28,6 +28,7 @@ from common.db.tables import (
     BatchState,
     Image,
     Programme,
+    ProgrammeScheme,
     utcnow,
 )
 from common.lifecycle.requeue import (
@@ -39,6 +40,16 @@ from common.lifecycle.requeue import (
 )
 from common.lifecycle.retention import purge_older_than
 from common.queue import make_celery
+from common.screening.programmes import save_scheme
+from common.screening.schemes import (
+    DEFAULT_SCHEME,
+    SCHEMES,
+    GradingScheme,
+    SchemeError,
+    build_scheme,
+    parse_pairs,
+    scheme_from_row,
+)
 from common.settings import Settings, get_settings
 from common.storage import open_store
 from common.storage.blobs import sweep_orphans
@@ -307,6 +318,9 @@ class ProgrammeSummary:
     last_activity_at: str | None
     active_keys: int
     keys: int
+    scheme: str = DEFAULT_SCHEME.name
+    scheme_mapping: tuple[str, ...] = DEFAULT_SCHEME.mapping
+    recall_months: dict[str, int] | None = None
 
 
 def programme_summaries(session: Session, settings: Settings) -> list[ProgrammeSummary]:
@@ -358,9 +372,14 @@ def programme_summaries(session: Session, settings: Settings) -> list[ProgrammeS
             keys,
         ).order_by(Programme.name)
     ).all()
+    schemes = {
+        row.programme_id: scheme_from_row(row.scheme, row.mapping, row.recall)
+        for row in session.scalars(select(ProgrammeScheme))
+    }
     summaries = []
     for row in rows:
         columns: tuple[Any, ...] = tuple(row)
+        scheme = schemes.get(columns[1], DEFAULT_SCHEME)
         name, programme_id, max_pending, per_minute, waiting, batch_at, image_at = columns[:7]
         moments = [_aware(moment) for moment in (batch_at, image_at) if moment is not None]
         summaries.append(
@@ -375,6 +394,9 @@ def programme_summaries(session: Session, settings: Settings) -> list[ProgrammeS
                 last_activity_at=max(moments).isoformat() if moments else None,
                 active_keys=int(columns[7]),
                 keys=int(columns[8]),
+                scheme=scheme.name,
+                scheme_mapping=scheme.mapping,
+                recall_months=dict(scheme.recall),
             )
         )
     return summaries
@@ -396,7 +418,15 @@ def programmes(as_json: bool) -> None:
     if not summaries:
         click.echo("no programmes (create one with `retinaq admin create-programme NAME`)")
         return
-    header = ("programme", "pending", "max pending", "max/min", "keys", "last activity (UTC)")
+    header = (
+        "programme",
+        "pending",
+        "max pending",
+        "max/min",
+        "keys",
+        "last activity (UTC)",
+        "scheme (recall months)",
+    )
     lines = [header]
     for s in summaries:
         lines.append(
@@ -409,11 +439,78 @@ def programmes(as_json: bool) -> None:
                 "never"
                 if s.last_activity_at is None
                 else s.last_activity_at[:19].replace("T", " "),
+                _scheme_cell(s.scheme, s.recall_months or {}),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _scheme_cell(scheme: str, recall: dict[str, int]) -> str:
+    return f"{scheme} ({' '.join(f'{key}={months}' for key, months in sorted(recall.items()))})"
+
+
+def _describe_scheme(scheme: GradingScheme) -> str:
+    mapping = " ".join(f"{grade}->{code}" for grade, code in enumerate(scheme.mapping))
+    recall = " ".join(f"{key}={months}" for key, months in sorted(scheme.recall.items()))
+    return f"{scheme.name}; ICDR grade to code {mapping}; recall months {recall}"
+
+
+@admin.command("set-scheme")
+@click.argument("programme_name")
+@click.option(
+    "--scheme", "name", type=click.Choice(SCHEMES), required=True, help="Codes to report."
+)
+@click.option(
+    "--recall",
+    help="Months to the next screening per non-referable code, e.g. r0=12,r0_repeat=24,r1=12 "
+    "(<code>_repeat: when the patient's previous screening ended in the same code); "
+    "codes not named keep the scheme's default.",
+)
+@click.option(
+    "--map",
+    "mapping",
+    help="ICDR grade to code, e.g. 2=R1 (default nhs-desp: 0=R0,1=R1,2=R2,3=R2,4=R3A).",
+)
+def set_scheme(programme_name: str, name: str, recall: str | None, mapping: str | None) -> None:
+    """Choose a programme's grading scheme: the codes its results use and recall intervals.
+
+    Setting a scheme replaces the previous one whole: options not given take the scheme's
+    defaults. docs/domain.md explains the default ICDR to NHS DESP mapping.
+    """
+    try:
+        months = (
+            {
+                key: _whole_number(value, key)
+                for key, value in parse_pairs(recall, "--recall").items()
+            }
+            if recall
+            else None
+        )
+        grades = (
+            {
+                _whole_number(key, "grade"): value.upper()
+                for key, value in parse_pairs(mapping, "--map").items()
+            }
+            if mapping
+            else None
+        )
+        scheme = build_scheme(name, grades, months)
+    except SchemeError as error:
+        raise click.BadParameter(str(error)) from error
+    with admin_session() as session:
+        programme = session.scalar(select(Programme).where(Programme.name == programme_name))
+        if programme is None:
+            raise click.ClickException(f"no programme named {programme_name!r}")
+        save_scheme(session, programme.id, scheme)
+    click.echo(f"{programme_name}: {_describe_scheme(scheme)}")
+
+
+def _whole_number(text: str, what: str) -> int:
+    if not text.strip().isdigit():
+        raise SchemeError(f"{what} {text!r} is not a whole number")
+    return int(text)
 
 
 def _moment_cell(iso: str | None) -> str:

@@ -12,6 +12,7 @@ from api.access import BatchSummary
 from common.db.tables import Batch, Image, Result
 from common.screening.patients import PatientOutcome
 from common.screening.quality import QualityReport
+from common.screening.schemes import MACULOPATHY_NOT_ASSESSED
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -200,5 +201,13 @@ def patient_row(outcome: PatientOutcome) -> dict[str, Any]:
                 ],
             }
             for side, eye in sorted(outcome.eyes.items())
+        },
+        "scheme": {
+            "name": outcome.scheme.name,
+            "code": outcome.code,
+            "eyes": {side: eye.code for side, eye in sorted(outcome.eyes.items())},
+            # the model never sees the macula: no M0 is claimed
+            "maculopathy": MACULOPATHY_NOT_ASSESSED,
+            "recall_months": outcome.recall_months,
         },
     }

@@ -46,7 +46,8 @@ from api.uploads import uploaded_images, uploaded_metadata
 from common.db.tables import FINISHED_BATCH_STATES, Batch, BatchState, utcnow
 from common.lifecycle.progress import settle_batch
 from common.lifecycle.retention import cancel_batch, purge_batch
-from common.screening.patients import EyeImage, roll_up
+from common.screening.patients import roll_up
+from common.screening.programmes import eye_images, previous_codes, programme_scheme
 
 bp = Blueprint("batches", __name__)
 
@@ -303,7 +304,8 @@ def list_images(batch_id: uuid.UUID) -> Response:
 @operation(tag="results", query=PageQuery, responses={200: PatientList}, errors=(400, 404))
 def list_patients(batch_id: uuid.UUID) -> Response:
     """One row per patient (from the metadata's ``patient_id``/``laterality``): grade per
-    eye, the patient's grade, and ``refer`` / ``rescreen_12m`` / ``recapture`` / ``pending``."""
+    eye, the patient's grade, and ``refer`` / ``rescreen_<N>m`` / ``recapture`` / ``pending``,
+    with the programme's scheme's codes and recall interval."""
     settings = api_state().settings
     limit = parse_limit(
         request.args.get("limit"), settings.page_size_default, settings.page_size_max
@@ -311,17 +313,10 @@ def list_patients(batch_id: uuid.UUID) -> Response:
     after = decode_text_cursor(request.args.get("cursor"), _PATIENTS, batch_id)
     batch = _owned_batch(batch_id)
     patient_ids, rows = scope().patients_page(batch, after, limit)
-    by_patient: dict[str, list[EyeImage]] = {p: [] for p in patient_ids[:limit]}
-    for image, result in rows:
-        by_patient[image.patient_id or ""].append(
-            EyeImage(
-                image_id=str(image.id),
-                laterality=image.laterality,
-                state=image.state.value,
-                grade=result.grade if result else None,
-                referable=result.referable if result else None,
-            )
-        )
+    session = db_session()
+    scheme = programme_scheme(session, batch.programme_id)
+    by_patient = eye_images(rows)
+    previous = previous_codes(session, batch.programme_id, batch.id, list(by_patient), scheme)
     links = {
         "self": self_url(),
         "batch": url_for("v1.batches.get_batch", batch_id=batch.id, _external=True),
@@ -334,7 +329,9 @@ def list_patients(batch_id: uuid.UUID) -> Response:
             cursor=encode_text_cursor(patient_ids[limit - 1], _PATIENTS, batch.id),
             _external=True,
         )
-    items = [patient_row(roll_up(p, images)) for p, images in by_patient.items()]
+    items = [
+        patient_row(roll_up(p, images, scheme, previous.get(p))) for p, images in by_patient.items()
+    ]
     audit_read("results.read", "batch", batch.id, {"patients": len(items)})
     return jsonify({"batch_id": str(batch.id), "items": items, "links": links})
 

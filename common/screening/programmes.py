@@ -65,24 +65,25 @@ def previous_codes(
     """
     if not patient_ids:
         return {}
-    latest = (
-        select(Image.patient_id, func.max(Image.batch_id).label("batch_id"))
+    # dense_rank, not max(): PostgreSQL has no max() over uuid.
+    rank = (
+        func.dense_rank()
+        .over(partition_by=Image.patient_id, order_by=Image.batch_id.desc())
+        .label("rank")
+    )
+    earlier = (
+        select(Image.id, rank)
         .where(
             Image.programme_id == programme_id,
             Image.patient_id.in_(list(patient_ids)),
             Image.batch_id < batch_id,
         )
-        .group_by(Image.patient_id)
         .subquery()
     )
     rows = session.execute(
         select(Image, Result)
-        .join(
-            latest,
-            (Image.patient_id == latest.c.patient_id) & (Image.batch_id == latest.c.batch_id),
-        )
+        .join(earlier, (earlier.c.id == Image.id) & (earlier.c.rank == 1))
         .outerjoin(Result, Result.image_id == Image.id)
-        .where(Image.programme_id == programme_id)
         .order_by(Image.patient_id, Image.id)
     ).all()
     codes: dict[str, str] = {}
