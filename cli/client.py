@@ -186,15 +186,21 @@ class ApiClient:
         if idempotency_key is not None:
             kwargs["headers"] = {**kwargs.get("headers", {}), IDEMPOTENCY_HEADER: idempotency_key}
         tries = 0
+        unsure = False  # whether the last try may have done its work on the API's side
         try:
             for attempt in self._retry.retrying():
                 with attempt:
                     tries += 1
-                    if tries > 1 and settled is not None and settled():
+                    if unsure and settled is not None and settled():
                         raise AlreadyDone
-                    with ExitStack() as stack:
-                        extra = parts(stack) if parts else {}
-                        return self._once(method, url, **kwargs, **extra)
+                    try:
+                        with ExitStack() as stack:
+                            extra = parts(stack) if parts else {}
+                            return self._once(method, url, **kwargs, **extra)
+                    except (httpx.TransportError, ApiClientError) as error:
+                        # A refusal (429, 4xx) did nothing; a lost connection or a 5xx may have.
+                        unsure = not isinstance(error, ApiClientError) or (error.status or 0) >= 500
+                        raise
         except httpx.TransportError as error:
             raise ApiClientError(
                 None, "api_unreachable", f"{describe(error)} at {self._origin}{_tries(tries)}"
