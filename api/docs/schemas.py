@@ -289,13 +289,28 @@ class Eye(_Closed):
     images: list[str]
 
 
+class PatientScheme(_Closed):
+    """The patient's outcome in the programme's grading scheme's own codes."""
+
+    name: str = Field(description="The grading scheme, e.g. icdr or nhs_desp.")
+    code: str | None = Field(description="The worse eye's code; null while pending.")
+    eyes: dict[str, str | None]
+    maculopathy: str = Field(description="not_assessed: the model never sees the macula.")
+    recall_months: int | None = Field(description="Only for a rescreen.")
+
+
 class PatientRow(_Closed):
     """One patient's roll-up; the worse eye decides."""
 
     patient_id: str
-    outcome: Literal["refer", "rescreen_12m", "recapture", "pending"] | str
+    outcome: str = Field(
+        description="refer, rescreen_<months>m (the scheme's recall interval), recapture "
+        "or pending.",
+        pattern=r"^(refer|rescreen_\d+m|recapture|pending)$",
+    )
     grade: int | None
     eyes: dict[str, Eye]
+    scheme: PatientScheme | None = None
 
 
 class PatientList(_Closed):

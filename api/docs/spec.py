@@ -238,13 +238,13 @@ def operation(
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
-    """The app's document, built once per app from the routes it has."""
+    """The app's document, built on first use and kept."""
     cached = app.extensions.get(_EXTENSION)
     if cached is None:
         with app.app_context():
-            # The public ``spec`` property is cached on the one SpecTree that every app
-            # shares; each app builds its own from its own url_map.
-            cached = _complete(copy.deepcopy(api_spec._generate_spec()))
+            # spectree builds its document once per process, from the first app's routes
+            # (every app has the same /v1 views); each app completes its own copy.
+            cached = _complete(copy.deepcopy(api_spec.spec))
         app.extensions[_EXTENSION] = cached
     return cast(dict[str, Any], cached)
 
