@@ -113,15 +113,19 @@ def prepare_api_metrics_dir(settings: Settings, port: int) -> Path:
 )
 @click.option(
     "--serve",
-    type=click.Choice(["all", "grading", "heatmaps"]),
+    type=click.Choice(["all", "grading", "heatmaps", "webhooks"]),
     default="all",
     show_default=True,
     help="Which queues to consume: production runs heat maps on workers of their own, so "
-    "they never take a grading worker's time.",
+    "they never take a grading worker's time. webhooks: deliver webhook events only, with "
+    "a thread pool and no model (worker.webhooks).",
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(serve: str, celery_args: tuple[str, ...]) -> None:
     """Run a worker: ``celery -A worker worker --pool=solo`` plus any extra options."""
+    if serve == "webhooks":
+        _webhooks_worker(celery_args)
+        return
     require_extra("worker")
     require_schema_at_head()
     settings = get_settings()
@@ -135,6 +139,20 @@ def worker(serve: str, celery_args: tuple[str, ...]) -> None:
     argv = ["celery", "-A", "worker", *quiet, "worker", "--queues", ",".join(queues)]
     if not any(a.startswith(("--pool", "-P")) for a in celery_args):
         argv.append("--pool=solo")
+    if not any(a.startswith(("--loglevel", "-l")) for a in celery_args):
+        argv.append(f"--loglevel={settings.log_level}")
+    _exec([*argv, *celery_args])
+
+
+def _webhooks_worker(celery_args: tuple[str, ...]) -> None:
+    """Deliveries wait on receivers, so threads (``webhook_concurrency``) rather than solo."""
+    require_schema_at_head()
+    settings = get_settings()
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    argv = ["celery", "-A", "worker.webhooks.app", *quiet, "worker"]
+    argv += ["--queues", settings.webhook_queue_name]
+    if not any(a.startswith(("--pool", "-P")) for a in celery_args):
+        argv += ["--pool=threads", f"--concurrency={settings.webhook_concurrency}"]
     if not any(a.startswith(("--loglevel", "-l")) for a in celery_args):
         argv.append(f"--loglevel={settings.log_level}")
     _exec([*argv, *celery_args])
@@ -172,7 +190,8 @@ def reconcile(once: bool, interval: float | None) -> None:
                     click.echo(
                         f"requeued={report.requeued} lease_expired={report.lease_expired} "
                         f"exhausted={report.exhausted} "
-                        f"heatmaps_requested={report.heatmaps_requested}"
+                        f"heatmaps_requested={report.heatmaps_requested} "
+                        f"webhooks_sent={report.webhooks_sent}"
                     )
                 swept = sweeps.run_if_due(sessions)
                 if once and swept is not None:

@@ -2,6 +2,8 @@
 
 Both the API (on close) and the worker (after writing results) call this; each update is
 one ``UPDATE ... WHERE state IN (...)`` so concurrent callers cannot move a batch backwards.
+The caller that completes a batch records its webhook events in the same transaction
+(:mod:`common.webhooks.events`); nothing here speaks HTTP or to the broker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from common.db.tables import (
     ImageState,
     utcnow,
 )
+from common.webhooks.events import record_batch_completed, record_referable_results
 
 _UNFINISHED = (BatchState.QUEUED, BatchState.PROCESSING)
 
@@ -68,9 +71,12 @@ def record_batch_model(
 
 
 def settle_batch(session: Session, batch_id: uuid.UUID) -> None:
-    """Complete a closed batch once none of its images is pending; else note progress."""
+    """Complete a closed batch once none of its images is pending; else note progress.
+
+    Webhook events are recorded here, committed with what they report: the completion by
+    the one caller whose update completed the batch, referable results by any caller."""
     nothing_pending = not_(_images_of(batch_id, *PENDING_IMAGE_STATES))
-    session.execute(
+    completed = session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.state.in_(_UNFINISHED), nothing_pending)
         .values(
@@ -80,8 +86,12 @@ def settle_batch(session: Session, batch_id: uuid.UUID) -> None:
             ),
             completed_at=utcnow(),
         )
+        .returning(Batch.id)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
+    record_referable_results(session, batch_id)
+    if completed is not None:
+        record_batch_completed(session, batch_id)
     started = _images_of(batch_id, ImageState.PROCESSING, *TERMINAL_IMAGE_STATES)
     session.execute(
         update(Batch)

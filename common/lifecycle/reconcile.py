@@ -20,7 +20,10 @@ task ends up grading.
 It also asks again, for a day, for heat maps that were asked for but never came (a
 heat-map task the broker lost, wiped or not, after ``requeue_after_s``: a heat map holds
 no batch back), and drops expired idempotency keys. Once per ``sweep_grace_s`` it also
-sweeps the store for bytes that nothing names (:mod:`common.storage.blobs`). Duplicate
+sweeps the store for bytes that nothing names (:mod:`common.storage.blobs`). It sends a
+delivery task for each new webhook event, and again for one whose task the broker lost
+(:func:`common.webhooks.deliveries.send_due`): events are recorded where a batch settles,
+in its transaction, which cannot send. Duplicate
 sends are harmless: a claim only takes pending images, the attempt number fences out a
 superseded claim, and a heat map is made once. Images out of attempts become ``failed``.
 """
@@ -51,10 +54,11 @@ from common.db.tables import (
 from common.lifecycle.broker_marker import BrokerMarker, broker_marker
 from common.lifecycle.claims import fail_exhausted
 from common.lifecycle.progress import settle_finished_batches
-from common.queue import send_grading, send_heatmap_task
+from common.queue import send_grading, send_heatmap_task, send_webhook_delivery
 from common.settings import Settings
 from common.storage.base import ObjectStore
 from common.storage.blobs import SweepReport, sweep_orphans
+from common.webhooks.deliveries import send_due
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class ReconcileReport:
     lease_expired: int
     exhausted: int
     heatmaps_requested: int = 0
+    webhooks_sent: int = 0
     # Whether this pass re-sent every queued image (from where the last one stopped) because
     # the broker had lost its queue.
     after_broker_loss: bool = False
@@ -167,14 +172,19 @@ def reconcile_once(
     heatmaps = _ask_again_for_heatmaps(sessions, settings, now)
     if heatmaps and settings.heatmaps:
         send_heatmap_task(celery, settings, heatmaps)
+    with sessions.begin() as session:
+        webhooks = send_due(session, settings)
+    for delivery_id in webhooks:
+        send_webhook_delivery(celery, settings, delivery_id)
     report = ReconcileReport(
         requeued=len(ids),
         lease_expired=expired,
         exhausted=exhausted_count,
         heatmaps_requested=len(heatmaps),
+        webhooks_sent=len(webhooks),
         after_broker_loss=resend is not None,
     )
-    if ids or exhausted_count or heatmaps:
+    if ids or exhausted_count or heatmaps or webhooks:
         log.info("reconciler: %s", report)
     return report
 

@@ -92,8 +92,8 @@ def refusal_reason(address: IPAddress) -> str | None:
         (address.is_loopback, "loopback"),
         (address.is_link_local, "link-local"),
         (address.is_multicast, "multicast"),
-        (address.is_private, "private"),
         (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
         (not address.is_global, "not globally routable"),
     )
     return next((reason for refused, reason in checks if refused), None)
