@@ -1,0 +1,233 @@
+"""``retinaq submit`` while the API is killed (``kill -9`` of gunicorn and its workers) and
+restarted half way through the upload: every file ends in the batch once and is graded once.
+
+The production profile runs as real processes: gunicorn, a Celery worker with the bundled
+model and the reconciler, on the session's PostgreSQL and Redis. The CLI runs as a
+subprocess. The test stops the API's process group (SIGSTOP) as soon as a few images are
+in, so the kill lands mid-upload, kills it, and starts a new API on the same port: once
+with the client's retries alone to ride it out, once with the client giving up and
+``--resume`` finishing the batch.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.journal import JOURNAL_NAME
+from common.db.tables import Image, Result
+from tests.support import REPO_ROOT, free_port, wait_batch_finished, wait_for
+
+pytestmark = pytest.mark.slow
+
+FILES = 20
+KILL_AFTER = 5  # images in the batch when the API is stopped and killed
+
+
+@dataclass
+class RestartableStack:
+    """gunicorn (restartable, in a process group of its own), a worker and the reconciler."""
+
+    env: dict[str, str]
+    log_dir: Path
+    port: int
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    starts: int = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        self.starts += 1
+        with (self.log_dir / f"{name}-{self.starts}.log").open("wb") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "cli", *argv],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: kill -9 reaches gunicorn's workers
+            )
+
+    def start_api(self) -> None:
+        self.spawn("api", ["api", "--port", str(self.port), "--workers", "2"])
+        wait_for(self._ready, 90, "the API to answer", interval=0.3)
+
+    def _ready(self) -> bool:
+        assert self.processes["api"].poll() is None, self.logs()
+        try:
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill_api_mid_upload(self, images_in: Callable[[], int]) -> None:
+        """Freeze the API once ``KILL_AFTER`` images are in (so requests are in flight), then
+        ``kill -9`` gunicorn and its workers."""
+        wait_for(lambda: images_in() >= KILL_AFTER, 120, "the upload to begin", interval=0.02)
+        group = self.processes["api"].pid
+        os.killpg(group, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.killpg(group, signal.SIGKILL)
+        self.processes["api"].wait(timeout=20)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    database_url: str,
+    redis_url: str,
+    queue_name: str,
+    bundled_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RestartableStack]:
+    """The stack, with the reconciler re-sending queued work after seconds (an API killed
+    between its commit and its enqueue leaves images queued with no task)."""
+    var = tmp_path_factory.mktemp("restart")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RETINAQ_")},
+        "RETINAQ_VAR_DIR": str(var),
+        "RETINAQ_DATABASE_URL": database_url,
+        "RETINAQ_BROKER_URL": redis_url,
+        "RETINAQ_STORAGE_DIR": str(var / "images"),
+        "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_HEATMAP_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_MODEL_PATH": str(bundled_model_path),
+        "RETINAQ_GRADING_BATCH_SIZE": "8",
+        "RETINAQ_TASK_SIZE": "8",
+        "RETINAQ_STATUS_RETRY_AFTER_S": "1",
+        "RETINAQ_REQUEUE_AFTER_S": "5",
+        "RETINAQ_RECONCILE_INTERVAL_S": "2",
+        "RETINAQ_SECRET_KEY": "restart-secret-key-for-cursors",
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = var / "logs"
+    logs.mkdir()
+    running = RestartableStack(env, logs, free_port())
+    try:
+        running.spawn("worker", ["worker", "--hostname", f"restart-{running.port}@%h"])
+        running.spawn("reconciler", ["reconcile"])
+        running.start_api()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def folder(fundus_jpeg: Callable[..., bytes], tmp_path: Path) -> Path:
+    """Twenty photographs, a folder per patient."""
+    root = tmp_path / "screening"
+    for i in range(FILES):
+        path = root / f"P{i // 2:03d}" / ("left.jpg" if i % 2 == 0 else "right.jpg")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(fundus_jpeg(grade=i % 5, seed=900 + i, size=384))
+    return root
+
+
+def _cli(stack: RestartableStack, key: str, argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *argv],
+        env={**stack.env, "RETINAQ_API_URL": stack.api_url, "RETINAQ_API_KEY": key},
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _images_in(sessions: sessionmaker[Session]) -> Callable[[], int]:
+    def count() -> int:
+        with sessions() as session:
+            return session.scalar(select(func.count()).select_from(Image)) or 0
+
+    return count
+
+
+def _graded_exactly_once(
+    stack: RestartableStack, headers: dict[str, str], sessions: sessionmaker[Session], url: str
+) -> None:
+    with httpx.Client(headers=headers, timeout=30) as http:
+        status = wait_batch_finished(http, url, timeout=240)
+        rows = http.get(status["links"]["results"], params={"limit": 100}).json()["items"]
+    assert status["state"] == "completed", status
+    assert status["image_count"] == FILES and status["counts"]["graded"] == FILES
+    expected = {f"P{i // 2:03d}/{'left' if i % 2 == 0 else 'right'}.jpg" for i in range(FILES)}
+    assert sorted(r["filename"] for r in rows) == sorted(expected), "each file once"
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == FILES
+        assert session.scalar(select(func.count()).select_from(Result)) == FILES
+        assert session.scalar(select(func.count(func.distinct(Result.image_id)))) == FILES
+
+
+def test_the_retries_alone_ride_out_an_api_killed_and_restarted_mid_upload(
+    stack: RestartableStack,
+    make_programme: Callable[[str], dict[str, str]],
+    sessions: sessionmaker[Session],
+    folder: Path,
+) -> None:
+    headers = make_programme("Restart")
+    key = headers["Authorization"].removeprefix("Bearer ")
+    argv = ["submit", str(folder), "--chunk-size", "1", "--attempts", "60", "--max-wait", "2"]
+    client = _cli(stack, key, argv)
+    stack.kill_api_mid_upload(_images_in(sessions))
+    stack.start_api()
+    out, err = client.communicate(timeout=180)
+    assert client.returncode == 0, err + stack.logs()
+    assert "retrying in" in err, "the client saw the API go"
+    _graded_exactly_once(stack, headers, sessions, out.strip())
+    assert not (folder / JOURNAL_NAME).exists()
+
+
+def test_resume_finishes_a_batch_left_open_by_an_api_killed_mid_upload(
+    stack: RestartableStack,
+    make_programme: Callable[[str], dict[str, str]],
+    sessions: sessionmaker[Session],
+    folder: Path,
+) -> None:
+    headers = make_programme("Resume")
+    key = headers["Authorization"].removeprefix("Bearer ")
+    argv = ["submit", str(folder), "--chunk-size", "1", "--attempts", "2", "--max-wait", "0.2"]
+    client = _cli(stack, key, argv)
+    stack.kill_api_mid_upload(_images_in(sessions))
+    out, err = client.communicate(timeout=120)
+    assert client.returncode == 1, err
+    assert "Traceback" not in err
+    status_url = out.strip()
+    assert f"batch {status_url.rsplit('/', 1)[1]} is still open and holds" in err
+    command = shlex.split(err.split("to send the rest and close it, run: ", 1)[1].strip())
+    assert command[:2] == ["retinaq", "submit"] and command[-1] == "--resume"
+
+    stack.start_api()
+    resumed = _cli(stack, key, command[1:])
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err + stack.logs()
+    assert out.strip() == status_url, "the same batch, finished"
+    _graded_exactly_once(stack, headers, sessions, status_url)
