@@ -295,19 +295,23 @@ class ApiClient:
         return out
 
     def fhir_bundle(self, batch_id: str) -> dict[str, Any]:
-        """The batch's FHIR Bundle, its pages (``link`` relation ``next``) joined into one."""
+        """The batch's FHIR Bundle, its pages (``link`` relation ``next``) joined into one.
+
+        A resource several pages include (the model's Device) is kept once: a Bundle's
+        ``fullUrl`` values must be unique.
+        """
         bundle: dict[str, Any] = self._request("GET", f"/v1/batches/{batch_id}/fhir").json()
-        entries = list(bundle.get("entry") or [])
-        following = _next_link(bundle)
-        while following:
-            page = self._request("GET", following).json()
-            entries.extend(page.get("entry") or [])
+        entries: dict[str, dict[str, Any]] = {}
+        page: dict[str, Any] | None = bundle
+        while page is not None:
+            for entry in page.get("entry") or []:
+                entries.setdefault(entry.get("fullUrl") or str(len(entries)), entry)
             following = _next_link(page)
-        bundle["entry"] = entries
+            page = self._request("GET", following).json() if following else None
+        bundle["entry"] = list(entries.values())
         links = bundle.get("link") or []
         bundle["link"] = [link for link in links if link.get("relation") == "self"]
-        if "total" in bundle:
-            bundle["total"] = len(entries)
+        bundle.pop("total", None)  # a page's count, not the whole's
         return bundle
 
     def held_images(self, batch_id: str, *, retry: bool = True) -> dict[str, str]:
