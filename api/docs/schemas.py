@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from api.cursors import MAX_CURSOR_LENGTH
 from api.flags import parse_flag
-from common.db.tables import BatchState, ImageState
+from common.db.tables import BatchState, ImageState, WebhookState
 
 # The views' own limit; tests/api/test_openapi.py checks that the two agree.
 MAX_REFERENCE_LENGTH = 200
@@ -343,3 +343,50 @@ class ModelList(_Closed):
     serving: str
     active: Activation | None
     items: list[ModelEntry]
+
+
+class FhirBundle(BaseModel):
+    """A FHIR R4 searchset Bundle: DiagnosticReports per patient, with the Observations
+    and Devices they cite; ``link`` ``next`` while more patients follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    resourceType: Literal["Bundle"]
+    type: Literal["searchset"]
+    timestamp: str
+    link: list[dict[str, str]]
+    entry: list[dict[str, object]]
+
+
+class WebhookAttempt(_Closed):
+    attempt: int
+    started_at: str | None
+    duration_ms: float | None
+    status_code: int | None = Field(description="The receiver's HTTP status; null if none.")
+    error_code: str | None
+    error_message: str | None
+
+
+class WebhookDelivery(_Closed):
+    """One event sent to the batch's callback URL, with every attempt to deliver it."""
+
+    id: str = Field(description="The webhook-id header: the same on every retry.")
+    event_type: str
+    image_id: str | None = Field(json_schema_extra={"format": "uuid"})
+    url: str
+    state: WebhookState
+    attempt_count: int
+    created_at: str | None
+    next_attempt_at: str | None
+    finished_at: str | None
+    attempts: list[WebhookAttempt]
+
+
+class BatchLogLinks(_Closed):
+    self: str
+    batch: str
+
+
+class WebhookDeliveryList(_Closed):
+    items: list[WebhookDelivery]
+    links: BatchLogLinks

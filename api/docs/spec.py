@@ -145,10 +145,10 @@ api_spec = SpecTree(
 
 @dataclass(frozen=True)
 class Body:
-    """A response body that is not a JSON model: its media type and schema."""
+    """A response body spectree does not model: its media type and schema (or model)."""
 
     media_type: str
-    schema: dict[str, Any]
+    schema: dict[str, Any] | type[BaseModel]
 
 
 NO_CONTENT = Body("", {})
@@ -265,7 +265,7 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
     for path_item in document["paths"].values():
         for method, op in path_item.items():
             extras = _extras[op["operationId"]]
-            _complete_operation(method, op, extras, upload)
+            _complete_operation(method, op, extras, upload, schemas)
     return document
 
 
@@ -280,7 +280,19 @@ def _header_ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/headers/{name}"}
 
 
-def _complete_operation(method: str, op: dict[str, Any], extras: Extras, upload: str) -> None:
+def _schema(schema: dict[str, Any] | type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A literal schema as it is; a model added to the components and referred to."""
+    if isinstance(schema, dict):
+        return schema
+    name = api_spec.naming_strategy(schema)
+    schemas[name] = schema.model_json_schema(ref_template="#/components/schemas/{model}")
+    _lift_definitions(schemas)
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _complete_operation(
+    method: str, op: dict[str, Any], extras: Extras, upload: str, schemas: dict[str, Any]
+) -> None:
     op["parameters"].append(
         {
             "name": "X-Request-ID",
@@ -311,7 +323,7 @@ def _complete_operation(method: str, op: dict[str, Any], extras: Extras, upload:
         if isinstance(body, Body):
             entry: dict[str, Any] = {"description": body.media_type or "No content."}
             if body.media_type:
-                entry["content"] = {body.media_type: {"schema": body.schema}}
+                entry["content"] = {body.media_type: {"schema": _schema(body.schema, schemas)}}
             responses[str(status)] = entry
     for status in extras.errors:
         responses[str(status)] = {

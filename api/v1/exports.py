@@ -17,6 +17,8 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from sqlalchemy import select
 
 from api.audit import audit_read
+from api.docs.schemas import FhirBundle, PageQuery
+from api.docs.spec import Body, operation
 from api.errors import not_found
 from api.hooks.auth import scope
 from api.pagination import decode_text_cursor, encode_text_cursor, parse_limit
@@ -58,6 +60,12 @@ def _outcomes(
     }
 
 
+@operation(
+    tag="results",
+    query=PageQuery,
+    responses={200: Body(FHIR_JSON, FhirBundle)},
+    errors=(400, 404),
+)
 def batch_fhir(batch_id: uuid.UUID) -> Response:
     """A page of patients as a FHIR R4 searchset Bundle: DiagnosticReports, Observations,
     Devices; ``link`` ``next`` while more patients follow."""
@@ -161,6 +169,11 @@ def _all_outcomes(batch: Batch, scheme: GradingScheme) -> dict[str, PatientOutco
     return _outcomes(batch, scheme, by_patient)
 
 
+@operation(
+    tag="results",
+    responses={200: Body("text/csv", {"type": "string", "contentMediaType": "text/csv"})},
+    errors=(404,),
+)
 def batch_results_csv(batch_id: uuid.UUID) -> Response:
     """Every image of the batch as CSV, streamed in submission order, formula-safe."""
     batch = _owned_batch(batch_id)
