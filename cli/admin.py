@@ -569,3 +569,56 @@ def _print_requeue(report: RequeueReport, failed: bool) -> None:
     click.echo(f"out of attempts, now failed: {report.exhausted}")
     click.echo(f"being graded now (live lease), left alone: {report.still_processing}")
     click.echo(f"batch state: {report.batch_state.value}")
+
+
+@admin.command("set-webhook")
+@click.argument("programme_name")
+@click.argument("url", required=False)
+@click.option(
+    "--on-referable/--no-on-referable",
+    default=None,
+    help="Also send result.referable for each referable result (kept when not given).",
+)
+@click.option("--rotate-secret", is_flag=True, help="Make a new signing secret, shown once.")
+@click.option("--clear-url", is_flag=True, help="Remove the default URL.")
+def set_webhook(
+    programme_name: str,
+    url: str | None,
+    on_referable: bool | None,
+    rotate_secret: bool,
+    clear_url: bool,
+) -> None:
+    """Set a programme's webhooks: the default callback URL for its batches (a batch's own
+    callback_url wins) and the events sent. The first call makes the signing secret and
+    prints it once; so does --rotate-secret."""
+    from common.webhooks.addresses import CallbackRefused, check_callback_url, parse_networks
+    from common.webhooks.programmes import configure_webhook
+
+    if url is not None and clear_url:
+        raise click.UsageError("give a URL or --clear-url, not both")
+    settings = get_settings()
+    if url is not None:
+        try:
+            check_callback_url(
+                url,
+                allow_http=settings.webhook_allow_http,
+                allowed=parse_networks(settings.webhook_allowed_networks),
+            )
+        except CallbackRefused as error:
+            raise click.BadParameter(str(error), param_hint="URL") from error
+    with admin_session() as session:
+        programme = session.scalar(select(Programme).where(Programme.name == programme_name))
+        if programme is None:
+            raise click.ClickException(f"no programme named {programme_name!r}")
+        setup = configure_webhook(
+            session,
+            programme.id,
+            url=url,
+            clear_url=clear_url,
+            on_referable=on_referable,
+            rotate_secret=rotate_secret,
+        )
+    events = "batch.completed, result.referable" if setup.on_referable else "batch.completed"
+    click.echo(f"{programme_name}: default URL {setup.url or '(none)'}; events {events}")
+    if setup.new_secret is not None:
+        click.echo(f"signing secret (shown once, store it now): {setup.new_secret}")

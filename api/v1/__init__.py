@@ -10,7 +10,7 @@ from flask import Blueprint
 
 from api.hooks.auth import authenticate
 from api.hooks.idempotency import begin_idempotent_request, finish_idempotent_request
-from api.v1 import batches, exports, images, models
+from api.v1 import batches, exports, images, models, webhooks
 
 
 def create_v1() -> Blueprint:
@@ -22,5 +22,6 @@ def create_v1() -> Blueprint:
     v1.register_blueprint(batches.bp)
     v1.register_blueprint(images.bp)
     v1.register_blueprint(models.bp)
+    v1.register_blueprint(webhooks.bp)
     exports.register(v1)
     return v1

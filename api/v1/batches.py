@@ -48,6 +48,8 @@ from common.lifecycle.progress import settle_batch
 from common.lifecycle.retention import cancel_batch, purge_batch
 from common.screening.patients import roll_up
 from common.screening.programmes import eye_images, previous_codes, programme_scheme
+from common.webhooks.addresses import CallbackRefused, check_callback_url, parse_networks
+from common.webhooks.programmes import can_sign
 
 bp = Blueprint("batches", __name__)
 
@@ -94,6 +96,32 @@ def _explain(raw: Any) -> bool:
     raise ApiError(422, "invalid_explain", "explain must be true or false")
 
 
+def _callback_url(raw: Any) -> str | None:
+    """Where the batch's webhook events go: a URL the SSRF checks accept, for a programme
+    that has a signing secret (``retinaq admin set-webhook``)."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ApiError(422, "invalid_callback_url", "callback_url must be text")
+    settings = api_state().settings
+    try:
+        check_callback_url(
+            raw,
+            allow_http=settings.webhook_allow_http,
+            allowed=parse_networks(settings.webhook_allowed_networks),
+        )
+    except CallbackRefused as error:
+        raise ApiError(422, "invalid_callback_url", str(error)) from error
+    if not can_sign(db_session(), scope().programme_id):
+        raise ApiError(
+            409,
+            "webhooks_not_enabled",
+            "this programme has no webhook signing secret; ask the operator to run "
+            "retinaq admin set-webhook",
+        )
+    return raw
+
+
 def _owned_batch(batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
     batch = scope().batch(batch_id, for_update=for_update)
     if batch is None:
@@ -132,6 +160,7 @@ def create_batch() -> Response:
         programme_id=scope().programme_id,
         reference=_reference(_form_field("reference")),
         explain=_explain(_form_field("explain")),
+        callback_url=_callback_url(_form_field("callback_url")),
         state=BatchState.QUEUED,
         image_count=0,
         created_at=now,
@@ -154,6 +183,7 @@ def _create_open_batch() -> Response:
         programme_id=scope().programme_id,
         reference=_reference(body.reference),
         explain=_explain(body.explain),
+        callback_url=_callback_url(getattr(body, "callback_url", None)),
         state=BatchState.OPEN,
         image_count=0,
     )
