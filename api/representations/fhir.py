@@ -103,7 +103,7 @@ def device_resource(batch_id: uuid.UUID, result: Result) -> dict[str, Any]:
 
 def study_reference(image: Image) -> dict[str, Any] | None:
     """The ImagingStudy an image came from, when its DICOM header named one."""
-    uid = getattr(image, "study_instance_uid", None)
+    uid = image.study_instance_uid
     if not uid:
         return None
     return {

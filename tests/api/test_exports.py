@@ -14,7 +14,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from flask.testing import FlaskClient
 from PIL import ImageFilter
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.representations.csv import SCHEME_COLUMNS
@@ -272,3 +272,34 @@ def test_the_nhs_scheme_changes_codes_and_recall_in_every_export(
     first_rows = {r["filename"]: r for r in _csv(client, first["id"], auth)}
     assert first_rows["a-l.jpg"]["patient_outcome"] == "rescreen_24m"
     assert first_rows["b-l.jpg"]["scheme_code"] == "R3A"
+
+
+def test_fhir_names_the_imaging_study_dicom_gave(
+    client: FlaskClient,
+    auth: dict[str, str],
+    fundus_jpeg: Callable[..., bytes],
+    runtime: WorkerRuntime,
+    sessions: sessionmaker[Session],
+) -> None:
+    files = [("a-l.jpg", 0, "PA", "L"), ("a-r.jpg", 0, "PA", "R"), ("b-l.jpg", 0, "PB", "L")]
+    batch = _submit_graded(client, auth, fundus_jpeg, runtime, sessions, files)
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    # What DICOM input stores from the header's StudyInstanceUID (common/imaging/dicom.py).
+    with sessions.begin() as session:
+        session.execute(
+            update(Image).where(Image.patient_id == "PA").values(study_instance_uid=uid)
+        )
+    pages = _bundle_pages(client, f"/v1/batches/{batch['id']}/fhir", auth)
+    reports = _reports(pages)
+    study = {
+        "type": "ImagingStudy",
+        "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
+    }
+    assert reports["PA"]["imagingStudy"] == [study], "one study for both eyes, named once"
+    assert "imagingStudy" not in reports["PB"]
+    observations = [
+        entry["resource"]
+        for entry in pages[0]["entry"]
+        if entry["resource"]["resourceType"] == "Observation" and "identifier" in entry["resource"]
+    ]
+    assert sum(o.get("derivedFrom") == [study] for o in observations) == 2
