@@ -79,7 +79,8 @@ def _concept(system: str, code: str, display: str | None = None) -> dict[str, An
 def _subject(programme_id: uuid.UUID, patient_id: str) -> dict[str, Any]:
     """A logical reference: the programme's patient id, which only its records resolve."""
     return {
-        "identifier": {"system": f"{PATIENT_SYSTEM}:{programme_id}:patient", "value": patient_id}
+        "type": "Patient",
+        "identifier": {"system": f"{PATIENT_SYSTEM}:{programme_id}:patient", "value": patient_id},
     }
 
 
@@ -265,10 +266,13 @@ def diagnostic_report(
     batch_id: uuid.UUID,
     outcome: PatientOutcome,
     eye_urns: Iterable[str],
-    devices: Iterable[str],
     studies: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
-    """One patient's screening: coded conclusion (scheme code, referable or not, recall)."""
+    """One patient's screening: coded conclusion (scheme code, referable or not, recall).
+
+    The model is named by each Observation's ``device``: R4 lets a report's ``performer``
+    be a person, role, organisation or care team, never a Device.
+    """
     urn = _urn(batch_id, "report", outcome.patient_id)
     scheme = outcome.scheme
     report: dict[str, Any] = {
@@ -278,12 +282,9 @@ def diagnostic_report(
         "status": "partial" if outcome.outcome == "pending" else "final",
         "code": _concept(OBSERVATION_SYSTEM, "dr-screening", "Diabetic retinopathy screening"),
         "subject": _subject(programme_id, outcome.patient_id),
-        "performer": [{"reference": device} for device in devices] or None,
         "result": [{"reference": eye} for eye in eye_urns],
         "conclusion": conclusion(outcome),
     }
-    if report["performer"] is None:
-        del report["performer"]
     study_refs = list(studies)
     if study_refs:
         report["imagingStudy"] = study_refs

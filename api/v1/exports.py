@@ -88,7 +88,6 @@ def batch_fhir(batch_id: uuid.UUID) -> Response:
     for patient_id, images in by_patient.items():
         outcome = outcomes[patient_id]
         image_urns: dict[str, str] = {}
-        patient_devices: dict[str, None] = {}
         studies: dict[str, dict[str, Any]] = {}
         for image, result in images:
             urn = fhir.image_urn(batch.id, image)
@@ -97,7 +96,6 @@ def batch_fhir(batch_id: uuid.UUID) -> Response:
             includes.append(fhir.entry(urn, observation, "include"))
             if result is not None:
                 device = fhir.device_urn(batch.id, result.model_sha256)
-                patient_devices[device] = None
                 devices.setdefault(device, fhir.device_resource(batch.id, result))
             study = fhir.study_reference(image)
             if study is not None:
@@ -111,7 +109,7 @@ def batch_fhir(batch_id: uuid.UUID) -> Response:
             )
             includes.append(fhir.entry(urn, resource, "include"))
         report = fhir.diagnostic_report(
-            batch.programme_id, batch.id, outcome, eye_urns, patient_devices, studies.values()
+            batch.programme_id, batch.id, outcome, eye_urns, studies.values()
         )
         matches.append(fhir.entry(f"urn:uuid:{report['id']}", report, "match"))
     includes += [fhir.entry(urn, device, "include") for urn, device in devices.items()]
