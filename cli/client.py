@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from cli.csv_export import metadata_csv, write_spreadsheet_csv
+from cli.csv_export import RESULT_COLUMNS, flatten_result, metadata_csv, write_results_csv
 from cli.retries import RetryPolicy, describe, is_transient, retry_after_seconds
 from common.filenames import relative_path, resolve_rows
 
@@ -32,27 +32,8 @@ FINISHED = {"completed", "completed_with_errors"}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 HELD_PAGE_SIZE = 1000
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-RESULT_COLUMNS = (
-    "image_id",
-    "filename",
-    "patient_id",
-    "laterality",
-    "state",
-    "gradable",
-    "ungradable_reasons",
-    "grade",
-    "grade_name",
-    "expected_grade",
-    "referable",
-    "referable_threshold",
-    "confidence",
-    "model_name",
-    "model_version",
-    "model_sha256",
-    "preprocessing_version",
-    "error_code",
-    "error_message",
-)
+# The results CSV lived here first; callers that import it from the client keep working.
+__all__ = ["RESULT_COLUMNS", "flatten_result", "write_results_csv"]
 
 
 class ApiClientError(RuntimeError):
@@ -362,42 +343,6 @@ class ApiClient:
             page = self._request("GET", url, params=params).json()
             yield from page["items"]
             url, params = page["links"].get("next"), None
-
-
-def flatten_result(row: dict[str, Any]) -> dict[str, Any]:
-    """One results-listing row as a flat CSV record."""
-    model = row.get("model") or {}
-    error = row.get("error") or {}
-    return {
-        "image_id": row["image_id"],
-        "filename": row["filename"],
-        "patient_id": row.get("patient_id") or "",
-        "laterality": row.get("laterality") or "",
-        "state": row["state"],
-        "gradable": "" if row.get("gradable") is None else str(row["gradable"]).lower(),
-        "ungradable_reasons": ";".join(row.get("ungradable_reasons") or []),
-        "grade": "" if row.get("grade") is None else row["grade"],
-        "grade_name": row.get("grade_name") or "",
-        "expected_grade": (
-            "" if row.get("expected_grade") is None else f"{row['expected_grade']:.3f}"
-        ),
-        "referable": "" if row.get("referable") is None else str(row["referable"]).lower(),
-        "referable_threshold": (
-            "" if row.get("referable_threshold") is None else row["referable_threshold"]
-        ),
-        "confidence": "" if row.get("confidence") is None else f"{row['confidence']:.4f}",
-        "model_name": model.get("name", ""),
-        "model_version": model.get("version", ""),
-        "model_sha256": model.get("sha256", ""),
-        "preprocessing_version": row.get("preprocessing_version") or "",
-        "error_code": error.get("code", ""),
-        "error_message": error.get("message", ""),
-    }
-
-
-def write_results_csv(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write flattened result rows to ``out``, safe to open in a spreadsheet."""
-    return write_spreadsheet_csv(out, RESULT_COLUMNS, (flatten_result(r) for r in rows))
 
 
 def _multipart(

@@ -21,10 +21,9 @@ from cli.client import (
     ImageFile,
     MetadataError,
     find_images,
-    flatten_result,
     metadata_rows,
-    write_results_csv,
 )
+from cli.csv_export import flatten_result, write_results_csv
 from cli.journal import JOURNAL_NAME, JournalError, journal_path
 from cli.retries import RetryPolicy
 from cli.uploading import Submission, UploadEvents, UploadIncomplete, upload

@@ -136,9 +136,15 @@ def upload(
             sent += len(images)
             events.progress(len(images))
         closed = client.close_batch(body["links"]["close"], str(uuid.uuid4()))
-    except (ApiClientError, OSError) as error:
+    except (ApiClientError, OSError, KeyboardInterrupt) as error:
+        # Ctrl-C too: whoever stops the run learns which batch is left open.
         raise UploadIncomplete(
-            str(error), batch_id, status_url, already + sent, len(files), journal.path
+            str(error) or "interrupted",
+            batch_id,
+            status_url,
+            already + sent,
+            len(files),
+            journal.path,
         ) from error
     journal.remove()
     return Submission(batch_id, status_url, closed["image_count"], sent, already)

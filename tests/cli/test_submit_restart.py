@@ -110,7 +110,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RestartableStack]:
     """The stack, with the reconciler re-sending queued work after seconds (an API killed
-    between its commit and its enqueue leaves images queued with no task)."""
+    between its commit and its enqueue leaves images queued with no task) and a key
+    reserved by a killed request released after seconds."""
     var = tmp_path_factory.mktemp("restart")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RETINAQ_")},
@@ -126,6 +127,9 @@ def stack(
         "RETINAQ_STATUS_RETRY_AFTER_S": "1",
         "RETINAQ_REQUEUE_AFTER_S": "5",
         "RETINAQ_RECONCILE_INTERVAL_S": "2",
+        # A request killed inside the view leaves its Idempotency-Key reserved; the API
+        # releases it after this (15 minutes by default), and the client's retry redoes it.
+        "RETINAQ_IDEMPOTENCY_ABANDONED_AFTER_S": "5",
         "RETINAQ_SECRET_KEY": "restart-secret-key-for-cursors",
         "PYTHONUNBUFFERED": "1",
     }
