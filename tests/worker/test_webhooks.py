@@ -5,13 +5,17 @@ delivery log, SSRF refusals at delivery time, redirects, and the reconciler's re
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +38,11 @@ from common.queue import DELIVER_WEBHOOK_TASK, make_celery
 from common.settings import Settings
 from common.webhooks.deliveries import send_due
 from common.webhooks.programmes import configure_webhook
+from tests.support import running_stack, wait_for
 from worker.webhooks.delivery import DeliveryRuntime, deliver
 from worker.webhooks.sending import allowed_networks
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -64,6 +71,11 @@ def receiver() -> Iterator[Receiver]:
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("Location", state.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name): a readiness probe
+            self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -343,3 +355,59 @@ def test_backoff_doubles_with_jitter_up_to_its_cap(webhook_settings: Settings) -
     assert backoff_s(3, top, lambda low, high: low) == 20.0
     draws = {backoff_s(3, top) for _ in range(50)}
     assert len(draws) > 1 and all(20.0 <= d <= 40.0 for d in draws)
+
+
+@pytest.mark.slow
+def test_a_real_webhooks_worker_and_reconciler_deliver_and_retry(
+    receiver: Receiver,
+    sessions: sessionmaker[Session],
+    database_url: str,
+    redis_url: str,
+    queue_name: str,
+    tmp_path: Path,
+) -> None:
+    """``retinaq reconcile`` sends the new event, ``retinaq worker --serve webhooks`` POSTs
+    it, the receiver's 500 brings a retry after the backoff, with the same webhook-id."""
+    _, delivery_id, secret = _completed_batch(sessions, receiver.url)
+    receiver.statuses = [500]
+    env = {
+        **os.environ,
+        "RETINAQ_VAR_DIR": str(tmp_path),
+        "RETINAQ_DATABASE_URL": database_url,
+        "RETINAQ_BROKER_URL": redis_url,
+        "RETINAQ_STORAGE_DIR": str(tmp_path / "images"),
+        "RETINAQ_QUEUE_NAME": queue_name,
+        "RETINAQ_HEATMAP_QUEUE_NAME": f"{queue_name}.explain",
+        "RETINAQ_WEBHOOK_QUEUE_NAME": f"{queue_name}.webhooks",
+        "RETINAQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "RETINAQ_WEBHOOK_ALLOW_HTTP": "true",
+        "RETINAQ_WEBHOOK_BACKOFF_S": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cli = [sys.executable, "-m", "cli"]
+    commands = {
+        "webhooks": (
+            [*cli, "worker", "--serve", "webhooks", "--hostname", f"wh-{os.getpid()}@%h"],
+            REPO_ROOT,
+        ),
+        "reconciler": ([*cli, "reconcile", "--interval", "0.5"], REPO_ROOT),
+    }
+    started = time.monotonic()
+    with running_stack(commands, env, tmp_path, f"http://127.0.0.1:{receiver.port}/"):
+        wait_for(lambda: len(receiver.requests) >= 2, 60, "the retried delivery")
+        wait_for(lambda: _state(sessions, delivery_id) == WebhookState.DELIVERED, 10, "its log")
+    assert time.monotonic() - started < 60
+    assert [h["webhook-id"] for h, _ in receiver.requests] == [delivery_id, delivery_id]
+    for headers, body in receiver.requests:
+        assert Webhook(secret).verify(body, headers)["type"] == "batch.completed"
+    log = _attempts(sessions, delivery_id)
+    assert [(a.attempt, a.status_code) for a in log] == [(1, 500), (2, 204)]
+    # The retry waited for its backoff (0.5 to 1 s after the first attempt ended).
+    gap = log[1].started_at - log[0].started_at
+    assert gap >= timedelta(seconds=0.5)
+
+
+def _state(sessions: sessionmaker[Session], delivery_id: str) -> WebhookState | None:
+    with sessions() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        return None if delivery is None else delivery.state
