@@ -46,6 +46,13 @@ def _flag_text(value: str) -> str:
     return value
 
 
+def _true(value: bool) -> bool:
+    # StrictBool: JSON's 1 is not true, as it never was for "open".
+    if not value:
+        raise PydanticCustomError("open_required", "open must be true")
+    return value
+
+
 def _absent_when_empty(value: object) -> object:
     # ``?limit=`` and ``?cursor=`` have always meant the default and the first page.
     return None if value == "" else value
@@ -62,11 +69,19 @@ FlagText = Annotated[str, AfterValidator(_flag_text)]
 class OpenBatchRequest(_Closed):
     """A JSON body creates an open batch, to which images are added later."""
 
-    open: Literal[True] = Field(description="Must be true: a JSON body creates an open batch.")
+    open: Annotated[StrictBool, AfterValidator(_true)] = Field(
+        description="Must be true: a JSON body creates an open batch.",
+        json_schema_extra={"const": True},
+    )
     reference: Reference | None = None
     explain: StrictBool | FlagText | None = Field(
         default=None,
         description="Make a heat map for every image, not only referable and borderline ones.",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        description="HTTPS URL that receives the batch's signed webhook events (the "
+        "programme needs a signing secret: retinaq admin set-webhook).",
     )
 
 
@@ -87,6 +102,9 @@ class BatchUpload(BaseModel):
     )
     reference: Reference | None = None
     explain: Literal["true", "false"] | None = None
+    callback_url: str | None = Field(
+        default=None, description="As in the JSON body: where webhook events go."
+    )
 
 
 class PageQuery(BaseModel):

@@ -107,6 +107,8 @@ def _api_error(error: ValidationError) -> ApiError:
         return ApiError(400, "invalid_cursor", "the cursor is not valid; start again without one")
     if name == "purge":
         return ApiError(400, "invalid_purge", "purge must be true or false")
+    if name == "callback_url":
+        return ApiError(422, "invalid_callback_url", "callback_url must be text")
     return ApiError(422, "invalid_request", f"{name or 'the request'}: {problem['msg']}")
 
 

@@ -281,6 +281,8 @@ def test_json_body_validation_keeps_the_codes_and_messages(
 ) -> None:
     cases = [
         ({"open": False}, "open_required"),
+        ({"open": 1}, "open_required"),
+        ({"open": "true"}, "open_required"),
         ({"reference": "x"}, "open_required"),
         ({"open": True, "reference": "x" * 201}, "invalid_reference"),
         ({"open": True, "reference": 7}, "invalid_reference"),
