@@ -227,16 +227,20 @@ def test_results_csv_larger_than_a_chunk(
 def test_the_nhs_scheme_changes_codes_and_recall_in_every_export(
     client: FlaskClient,
     auth: dict[str, str],
+    make_programme: Callable[[str], dict[str, str]],
     fundus_jpeg: Callable[..., bytes],
     runtime: WorkerRuntime,
     sessions: sessionmaker[Session],
 ) -> None:
+    # Another programme screened its own "PA" first: not North's patient's history.
+    south = make_programme("South")
+    _submit_graded(client, south, fundus_jpeg, runtime, sessions, [("s.jpg", 0, "PA", "L")])
     first = _submit_graded(client, auth, fundus_jpeg, runtime, sessions)
     _set_scheme(sessions, "North")
 
     patients = client.get(f"/v1/batches/{first['id']}/patients", headers=auth).get_json()
     rows = {row["patient_id"]: row for row in patients["items"]}
-    assert rows["PA"]["outcome"] == "rescreen_12m"
+    assert rows["PA"]["outcome"] == "rescreen_12m", "South's R0 is not North's history"
     assert rows["PA"]["scheme"] == {
         "name": "nhs-desp",
         "code": "R0",
