@@ -13,6 +13,8 @@ from common.db.tables import Image, ProgrammeScheme, Result, utcnow
 from common.screening.patients import EyeImage, roll_up
 from common.screening.schemes import DEFAULT_SCHEME, GradingScheme, scheme_from_row
 
+HISTORY_SLICE = 1000
+
 
 def programme_scheme(session: Session, programme_id: uuid.UUID) -> GradingScheme:
     """The programme's scheme; ICDR with 12-month recall when none was set."""
@@ -63,8 +65,25 @@ def previous_codes(
     still pending has no previous code. The codes come from today's scheme, so a changed
     mapping is applied to the past the same way as to the present.
     """
-    if not patient_ids:
-        return {}
+    codes: dict[str, str] = {}
+    ordered = list(patient_ids)
+    # In slices: a batch may name more patients than one statement may carry parameters.
+    for start in range(0, len(ordered), HISTORY_SLICE):
+        codes.update(
+            _previous_codes(
+                session, programme_id, batch_id, ordered[start : start + HISTORY_SLICE], scheme
+            )
+        )
+    return codes
+
+
+def _previous_codes(
+    session: Session,
+    programme_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    patient_ids: list[str],
+    scheme: GradingScheme,
+) -> dict[str, str]:
     # dense_rank, not max(): PostgreSQL has no max() over uuid.
     rank = (
         func.dense_rank()
@@ -75,7 +94,7 @@ def previous_codes(
         select(Image.id, rank)
         .where(
             Image.programme_id == programme_id,
-            Image.patient_id.in_(list(patient_ids)),
+            Image.patient_id.in_(patient_ids),
             Image.batch_id < batch_id,
         )
         .subquery()
