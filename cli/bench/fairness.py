@@ -28,8 +28,8 @@ def measure_fairness(servers: Servers, backlog: list[Path], small: list[Path]) -
     """The small batch's completion time idle and behind ``backlog``, with one worker."""
     small = small[:SMALL_BATCH]
     with ExitStack() as stack:
-        servers.worker(stack, "fairness")
-        servers.wait_worker_ready("fairness")
+        worker = servers.worker(stack, "fairness")
+        servers.wait_worker_ready(worker, "fairness")
         idle_s = _completion_s(servers, small)
         headers, _ = servers.new_key("backlog")
         backlog_id, _ = servers.upload(headers, backlog)

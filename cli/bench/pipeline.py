@@ -102,8 +102,8 @@ def measure_pipeline(servers: Servers, batch_id: str, total: int) -> PipelineDra
 def measure_end_to_end(servers: Servers, files: list[Path]) -> Throughput:
     """First upload byte to last result, with a worker already loaded and waiting."""
     with ExitStack() as stack:
-        servers.worker(stack, "e2e")
-        servers.wait_worker_ready("e2e")  # readiness only: no figure is read from the log
+        worker = servers.worker(stack, "e2e")
+        servers.wait_worker_ready(worker, "e2e")  # readiness only: no figure is read from the log
         started = time.perf_counter()
         batch_id, _ = servers.upload(servers.new_key("e2e")[0], files)
         wait_for(lambda: servers.pending(batch_id) == 0, DRAIN_TIMEOUT_S, "end-to-end drain")

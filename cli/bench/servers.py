@@ -130,14 +130,20 @@ class Servers:
         """Where the worker started as ``name`` writes its log."""
         return self.logs / f"worker-{name}.log"
 
-    def wait_worker_ready(self, name: str) -> None:
+    def wait_worker_ready(self, worker: subprocess.Popen, name: str) -> None:
         """Until the worker started as ``name`` has its model warm and consumes its queue
         (Celery's "ready" comes after the model, once the consumer has started), so a
-        stage timed from here includes no start-up."""
+        stage timed from here includes no start-up; a worker that exits instead fails the
+        command at once, pointing at its log."""
         log = self.worker_log(name)
-        wait_for(
-            lambda: "warmed up" in (text := log.read_text()) and " ready." in text, 300, "worker"
-        )
+
+        def ready() -> bool:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited at start; see {log}")
+            text = log.read_text()
+            return "warmed up" in text and " ready." in text
+
+        wait_for(ready, 300, "worker")
 
     def task_reports(self, name: str) -> Path:
         """The file to which the worker started as ``name`` appends one line per task."""

@@ -44,6 +44,7 @@ from cli.bench.report import (
     report_table,
     write_report,
 )
+from cli.bench.servers import Servers
 from common.settings import BUNDLED_MODEL
 from tests.support import REPO_ROOT
 from worker.grading.pipeline import GradingReport
@@ -531,3 +532,18 @@ def test_a_drain_follows_the_workers_reports_not_the_database(tmp_path: Path) ->
     with path.open("a") as file:
         file.write('{"graded": 5, "ungr')  # a line still being written
     assert images_handled(path) == 40
+
+
+def test_a_worker_that_exits_at_start_fails_the_stage_at_once(tmp_path: Path) -> None:
+    servers = Servers(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none",
+        {"RETINAQ_BROKER_URL": "redis://x"},
+        tmp_path,
+    )
+    servers.worker_log("e2e").write_text("Error: database is at revision 0009 but ...\n")
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    exited.wait()
+    started = time.monotonic()
+    with pytest.raises(click.ClickException, match="the worker exited at start"):
+        servers.wait_worker_ready(exited, "e2e")
+    assert time.monotonic() - started < 5, "not after the 300 s readiness timeout"
