@@ -4,9 +4,11 @@ delivery log, SSRF refusals at delivery time, redirects, and the reconciler's re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -411,3 +413,76 @@ def _state(sessions: sessionmaker[Session], delivery_id: str) -> WebhookState | 
     with sessions() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         return None if delivery is None else delivery.state
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` that no trusted authority signed, and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = utcnow()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_to_the_pinned_address_names_the_host_and_verifies_its_certificate(
+    webhook_settings: Settings,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Connected by IP address, the TLS handshake still names the callback's host (SNI) and
+    checks the certificate against the trusted authorities: a self-signed one fails."""
+    cert, key = _self_signed(tmp_path, "receiver.example")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server_names: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        connection, _ = listener.accept()
+        with contextlib.suppress(ssl.SSLError, OSError):
+            context.wrap_socket(connection, server_side=True).close()
+        connection.close()
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, port_: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "receiver.example" else host, port_, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    _, delivery_id, _ = _completed_batch(sessions, f"https://receiver.example:{port}/hooks")
+    assert deliver(_runtime(webhook_settings, sessions), delivery_id) == "pending"
+    thread.join(5)
+    listener.close()
+    [attempt] = _attempts(sessions, delivery_id)
+    assert attempt.error_code == "connect_error"
+    assert "CERTIFICATE_VERIFY_FAILED" in (attempt.error_message or "")
+    assert server_names == ["receiver.example"]
