@@ -169,15 +169,17 @@ class Extras:
 # Status → what it means here and the codes a client may see with it.
 ERROR_STATUSES: dict[int, str] = {
     400: "Bad request: invalid_limit, invalid_cursor, invalid_purge, invalid_json, "
-    "invalid_multipart, invalid_idempotency_key, invalid_host.",
+    "invalid_multipart, invalid_chunked_body, invalid_idempotency_key, invalid_host.",
     401: "No or unknown API key: unauthorized, invalid_api_key.",
     404: "No such object, or one of another programme: not_found, no_heatmap.",
-    409: "Conflict: batch_closed, idempotency_key_in_progress (with Retry-After).",
+    409: "Conflict: batch_closed, webhooks_not_enabled, idempotency_key_in_progress (with "
+    "Retry-After).",
     413: "Too large: payload_too_large, too_many_files, metadata_too_large, json_too_large.",
     415: "Images must be sent as multipart/form-data: unsupported_media_type.",
     422: "Unprocessable: no_images, unknown_fields, duplicate_field, open_required, "
-    "invalid_reference, invalid_explain, invalid_metadata, metadata_unmatched, "
-    "metadata_ambiguous, invalid_image, request_exceeds_quota, idempotency_key_reused.",
+    "invalid_reference, invalid_explain, invalid_callback_url, invalid_request, "
+    "invalid_metadata, metadata_unmatched, metadata_ambiguous, request_exceeds_quota, "
+    "idempotency_key_reused.",
     429: "Quota or rate limit: quota_exceeded, rate_limited (with Retry-After).",
     503: "A backing service is down: database_unavailable, storage_unavailable (with Retry-After).",
 }

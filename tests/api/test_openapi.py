@@ -7,10 +7,12 @@ against the schema the document gives for its path, method and status.
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+import api
 from api.docs import schemas
 from api.docs.spec import openapi_document
 from api.v1 import batches
@@ -314,3 +317,33 @@ def test_the_docs_page_loads_with_assets_served_by_the_app(client: FlaskClient) 
     assert '"/v1/openapi.json"' in html
     assert client.get("/v1/docs/assets/index.html").status_code == 404
     assert client.get("/v1/docs/assets/..%2Fflask_swagger_ui.py").status_code == 404
+
+
+def _api_error_codes() -> set[tuple[int, str]]:
+    """Every ``ApiError(status, "code", …)`` the API's source can raise."""
+    found = set()
+    for path in Path(api.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "ApiError"
+                and len(node.args) >= 2
+                and all(isinstance(a, ast.Constant) for a in node.args[:2])
+            ):
+                found.add((node.args[0].value, node.args[1].value))
+    return found
+
+
+def test_every_error_code_the_api_raises_is_documented(document: dict[str, Any]) -> None:
+    codes = _api_error_codes()
+    assert (404, "not_found") in codes and (422, "unknown_fields") in codes
+    described: dict[str, str] = {}
+    for item in document["paths"].values():
+        for op in item.values():
+            for status, response in op["responses"].items():
+                described[status] = response["description"]
+    for status, code in codes:
+        if status == 408:  # the server's own body timeout, before any route is chosen
+            continue
+        assert re.search(rf"\b{code}\b", described.get(str(status), "")), (status, code)
