@@ -53,7 +53,11 @@ def _dist() -> Path:
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI 3.1 document of ``/v1``."""
-    response = jsonify(openapi_document(current_app._get_current_object()))  # type: ignore[attr-defined]
+    document = openapi_document(current_app._get_current_object())  # type: ignore[attr-defined]
+    # The server as clients reach it (public origin, any path prefix), built like every
+    # URL the API hands out; the document's paths all start with /v1.
+    here = url_for("docs.openapi_json", _external=True)
+    response = jsonify({**document, "servers": [{"url": here.removesuffix("/v1/openapi.json")}]})
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 

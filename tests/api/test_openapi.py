@@ -55,6 +55,7 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.1.")
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert document["security"] == [{"apiKey": []}]
+    assert document["servers"] == [{"url": "http://localhost"}]
 
 
 def test_every_v1_route_is_described_with_its_methods(app: Flask, document: dict[str, Any]) -> None:
