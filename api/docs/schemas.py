@@ -1,8 +1,10 @@
 """The ``/v1`` request and response shapes as pydantic models, for the OpenAPI document.
 
-Request models are what the views validate against (``api.docs.spec``); response models
-describe what ``api.representations.json`` writes today, field for field (they forbid
-extra keys, so a field added there without one here fails the schema tests).
+The JSON body and query models are what the views validate against (``api.docs.spec``);
+the multipart upload is only described here, its parts being checked one by one as they
+stream in (``api.uploads``). Response models describe what ``api.representations`` and
+the views write, field for field: they forbid extra keys, so a field added there without
+one here fails the schema tests.
 """
 
 from __future__ import annotations
@@ -328,7 +330,7 @@ class PatientRow(_Closed):
     )
     grade: int | None
     eyes: dict[str, Eye]
-    scheme: PatientScheme | None = None
+    scheme: PatientScheme
 
 
 class PatientList(_Closed):
