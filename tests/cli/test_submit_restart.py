@@ -6,7 +6,8 @@ model and the reconciler, on the session's PostgreSQL and Redis. The CLI runs as
 subprocess. The test stops the API's process group (SIGSTOP) as soon as a few images are
 in, so the kill lands mid-upload, kills it, and starts a new API on the same port: once
 with the client's retries alone to ride it out, once with the client giving up and
-``--resume`` finishing the batch.
+``--resume`` finishing the batch. The first run sends DICOM files (the issue's closing
+check), the second JPEGs.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.journal import JOURNAL_NAME
 from common.db.tables import Image, Result
+from lab.synthetic import generate_fundus
+from tests.dicom_files import dicom_bytes
 from tests.support import REPO_ROOT, free_port, wait_batch_finished, wait_for
 
 pytestmark = pytest.mark.slow
@@ -145,14 +150,31 @@ def stack(
         running.stop()
 
 
+def _names(suffix: str) -> list[str]:
+    return [f"P{i // 2:03d}/{'left' if i % 2 == 0 else 'right'}{suffix}" for i in range(FILES)]
+
+
 @pytest.fixture
-def folder(fundus_jpeg: Callable[..., bytes], tmp_path: Path) -> Path:
+def jpeg_folder(fundus_jpeg: Callable[..., bytes], tmp_path: Path) -> Path:
     """Twenty photographs, a folder per patient."""
     root = tmp_path / "screening"
-    for i in range(FILES):
-        path = root / f"P{i // 2:03d}" / ("left.jpg" if i % 2 == 0 else "right.jpg")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(fundus_jpeg(grade=i % 5, seed=900 + i, size=384))
+    for i, name in enumerate(_names(".jpg")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(fundus_jpeg(grade=i % 5, seed=900 + i, size=384))
+    return root
+
+
+@pytest.fixture
+def dicom_folder(tmp_path: Path) -> Path:
+    """Twenty DICOM photographs (JPEG baseline and uncompressed), a folder per patient,
+    the patient and eye in each header."""
+    root = tmp_path / "dicom"
+    for i, name in enumerate(_names(".dcm")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        syntax = JPEGBaseline8Bit if i % 2 else ExplicitVRLittleEndian
+        photograph = generate_fundus(i % 5, 950 + i, 384)
+        data = dicom_bytes(photograph, syntax, patient_id=name[:4], laterality="LR"[i % 2])
+        (root / name).write_bytes(data)
     return root
 
 
@@ -176,27 +198,28 @@ def _images_in(sessions: sessionmaker[Session]) -> Callable[[], int]:
 
 
 def _graded_exactly_once(
-    stack: RestartableStack, headers: dict[str, str], sessions: sessionmaker[Session], url: str
-) -> None:
+    headers: dict[str, str], sessions: sessionmaker[Session], url: str, suffix: str
+) -> list[dict[str, Any]]:
     with httpx.Client(headers=headers, timeout=30) as http:
         status = wait_batch_finished(http, url, timeout=240)
         rows = http.get(status["links"]["results"], params={"limit": 100}).json()["items"]
     assert status["state"] == "completed", status
-    assert status["image_count"] == FILES and status["counts"]["graded"] == FILES
-    expected = {f"P{i // 2:03d}/{'left' if i % 2 == 0 else 'right'}.jpg" for i in range(FILES)}
-    assert sorted(r["filename"] for r in rows) == sorted(expected), "each file once"
+    assert status["image_count"] == FILES and status["counts"]["graded"] == FILES, status
+    assert sorted(r["filename"] for r in rows) == sorted(_names(suffix)), "each file once"
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Image)) == FILES
         assert session.scalar(select(func.count()).select_from(Result)) == FILES
         assert session.scalar(select(func.count(func.distinct(Result.image_id)))) == FILES
+    return rows
 
 
 def test_the_retries_alone_ride_out_an_api_killed_and_restarted_mid_upload(
     stack: RestartableStack,
     make_programme: Callable[[str], dict[str, str]],
     sessions: sessionmaker[Session],
-    folder: Path,
+    dicom_folder: Path,
 ) -> None:
+    folder = dicom_folder
     headers = make_programme("Restart")
     key = headers["Authorization"].removeprefix("Bearer ")
     argv = ["submit", str(folder), "--chunk-size", "1", "--attempts", "60", "--max-wait", "2"]
@@ -205,8 +228,9 @@ def test_the_retries_alone_ride_out_an_api_killed_and_restarted_mid_upload(
     stack.start_api()
     out, err = client.communicate(timeout=180)
     assert client.returncode == 0, err + stack.logs()
-    assert "retrying in" in err, "the client saw the API go"
-    _graded_exactly_once(stack, headers, sessions, out.strip())
+    assert "retrying in" in err, err
+    rows = _graded_exactly_once(headers, sessions, out.strip(), ".dcm")
+    assert all(row["patient_id"] == row["filename"][:4] for row in rows), "from the headers"
     assert not (folder / JOURNAL_NAME).exists()
 
 
@@ -214,15 +238,16 @@ def test_resume_finishes_a_batch_left_open_by_an_api_killed_mid_upload(
     stack: RestartableStack,
     make_programme: Callable[[str], dict[str, str]],
     sessions: sessionmaker[Session],
-    folder: Path,
+    jpeg_folder: Path,
 ) -> None:
+    folder = jpeg_folder
     headers = make_programme("Resume")
     key = headers["Authorization"].removeprefix("Bearer ")
     argv = ["submit", str(folder), "--chunk-size", "1", "--attempts", "2", "--max-wait", "0.2"]
     client = _cli(stack, key, argv)
     stack.kill_api_mid_upload(_images_in(sessions))
     out, err = client.communicate(timeout=120)
-    assert client.returncode == 1, err
+    assert client.returncode == 1, err + out
     assert "Traceback" not in err
     status_url = out.strip()
     assert f"batch {status_url.rsplit('/', 1)[1]} is still open and holds" in err
@@ -234,4 +259,4 @@ def test_resume_finishes_a_batch_left_open_by_an_api_killed_mid_upload(
     out, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err + stack.logs()
     assert out.strip() == status_url, "the same batch, finished"
-    _graded_exactly_once(stack, headers, sessions, status_url)
+    _graded_exactly_once(headers, sessions, status_url, ".jpg")
