@@ -144,6 +144,7 @@ def test_all_services_are_present() -> None:
         "flower",
         "prometheus",
         "grafana",
+        "webhook-sender",
     }
 
 
@@ -393,3 +394,12 @@ def test_an_empty_endpoint_is_the_default_one(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("AWS_ENDPOINT_URL", "")
     client = boto3.client("s3", region_name="eu-west-1")
     assert client.meta.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
+
+
+def test_signed_webhooks_have_a_sender_of_their_own_without_a_gpu() -> None:
+    sender = SERVICES["webhook-sender"]
+    assert sender["command"] == ["retinaq", "worker", "--serve", "webhooks"]
+    assert sender["image"] == "retinaq-api", "no model, so the image without TensorFlow"
+    assert "deploy" not in sender, "no GPU reservation"
+    assert sender["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert _environment("webhook-sender")["RETINAQ_BROKER_URL"].startswith("redis://")

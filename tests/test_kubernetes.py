@@ -635,3 +635,12 @@ def test_celery_keeps_each_queue_as_one_list_named_after_it(
     assert sent_to.llen(f"{queue_name}.explain") == 2
     keys = {key.decode() for key in sent_to.scan_iter(match=f"{queue_name}*")}
     assert keys == {queue_name, f"{queue_name}.explain"}
+
+
+def test_webhooks_are_sent_by_a_pod_of_their_own_without_a_gpu_or_the_store() -> None:
+    deployment = _one("Deployment", "retinaq-webhook-sender")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("retinaq-api"), "no model: the image without TensorFlow"
+    assert container["args"] == ["retinaq", "worker", "--serve", "webhooks"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "retinaq.example.org/image-store" not in deployment["metadata"]["labels"]
