@@ -21,7 +21,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from common.db.tables import PENDING_IMAGE_STATES, Image, Programme
+from common.db.tables import (
+    FINISHED_BATCH_STATES,
+    PENDING_IMAGE_STATES,
+    Batch,
+    BatchStat,
+    Image,
+    Programme,
+)
 from common.settings import Settings
 
 RATE_WINDOW = timedelta(seconds=60)
@@ -78,11 +85,7 @@ def _check(
             f"{largest} at a time; split it into smaller requests",
         )
 
-    pending = session.scalar(
-        select(func.count())
-        .select_from(Image)
-        .where(Image.programme_id == programme_id, Image.state.in_(PENDING_IMAGE_STATES))
-    )
+    pending = pending_images(session, programme_id)
     if (pending or 0) + adding > max_pending:
         raise ApiError(
             429,
@@ -107,6 +110,23 @@ def _check(
             f"{recent} were submitted in the last minute and this request adds {adding}",
             {"Retry-After": str(_seconds_until_window_frees(session, programme_id, now, surplus))},
         )
+
+
+def pending_images(session: Session, programme_id: uuid.UUID) -> int:
+    """The programme's queued and processing images, from its unfinished batches' counter
+    rows (``batch_stats``, kept by triggers in the transactions that move images), not a
+    count over ``images``: every upload asks, and a count over a 100,000-image backlog on
+    each request would make ingesting a large batch quadratic."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(BatchStat.value), 0))
+        .join(Batch, Batch.id == BatchStat.batch_id)
+        .where(
+            Batch.programme_id == programme_id,
+            Batch.state.not_in(FINISHED_BATCH_STATES),
+            BatchStat.stat.in_([state.value for state in PENDING_IMAGE_STATES]),
+        )
+    )
+    return int(total or 0)
 
 
 def _or_default(limit: int | None, default: int) -> int:

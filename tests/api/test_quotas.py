@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.quotas import pending_images
 from common.db.tables import Batch, BatchState, Image, ImageState, Programme, utcnow
 from common.ids import uuid7
 from common.settings import Settings
@@ -292,3 +294,38 @@ def test_a_request_larger_than_the_quota_itself_is_422_not_an_endless_429(
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "request_exceeds_quota"
     assert "Retry-After" not in response.headers
+
+
+def test_pending_images_are_read_from_the_batch_counters_and_agree_with_the_rows(
+    submit: Callable,
+    fundus_jpeg: Callable[..., bytes],
+    make_programme: Callable[[str], dict[str, str]],
+    sessions: sessionmaker[Session],
+    client: FlaskClient,
+    auth: dict[str, str],
+) -> None:
+    """Queued and processing count, graded, failed and cancelled do not, nor another
+    programme's: the counters say what a count over the rows would, without the scan."""
+    first, ids = submit([(fundus_jpeg(seed=i, size=64), f"a{i}.jpg") for i in range(6)])
+    submit([(fundus_jpeg(seed=10 + i, size=64), f"b{i}.jpg") for i in range(3)])
+    cancelled, _ = submit([(fundus_jpeg(seed=20 + i, size=64), f"c{i}.jpg") for i in range(2)])
+    submit([(fundus_jpeg(seed=30, size=64), "other.jpg")], make_programme("Other"))
+    with sessions.begin() as session:
+        session.execute(update(Image).where(Image.id.in_(ids[:2])).values(state=ImageState.GRADED))
+        session.execute(update(Image).where(Image.id == ids[2]).values(state=ImageState.FAILED))
+        session.execute(update(Image).where(Image.id == ids[3]).values(state=ImageState.PROCESSING))
+    assert client.delete(cancelled["links"]["self"], headers=auth).status_code in (200, 202)
+    with sessions() as session:
+        programme_id = session.scalar(
+            select(Batch.programme_id).where(Batch.id == uuid.UUID(first["id"]))
+        )
+        counted = session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(
+                Image.programme_id == programme_id,
+                Image.state.in_([ImageState.QUEUED, ImageState.PROCESSING]),
+            )
+        )
+        # Of the first batch two queued and one processing, and the second batch's three.
+        assert pending_images(session, programme_id) == counted == 6
