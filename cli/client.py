@@ -30,7 +30,6 @@ from common.filenames import relative_path, resolve_rows
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
 FINISHED = {"completed", "completed_with_errors"}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-HELD_PAGE_SIZE = 1000
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The results CSV lived here first; callers that import it from the client keep working.
 __all__ = ["RESULT_COLUMNS", "flatten_result", "write_results_csv"]
@@ -300,12 +299,12 @@ class ApiClient:
         ``retry`` (a caller that is itself between retries should not nest another)."""
         send = self._request if retry else self._once
         held: dict[str, str] = {}
+        # The API's own page size: a deployment may allow less than any size chosen here.
         url: str | None = f"/v1/batches/{batch_id}/images"
-        params: dict[str, Any] | None = {"limit": HELD_PAGE_SIZE}
         while url:
-            page = send("GET", url, params=params).json()
+            page = send("GET", url).json()
             held.update((item["filename"], item["sha256"]) for item in page["items"])
-            url, params = page["links"].get("next"), None
+            url = page["links"].get("next")
         return held
 
     def status(self, url_or_id: str) -> tuple[dict[str, Any], float | None]:
