@@ -9,6 +9,7 @@ import click
 from cli.admin import admin
 from cli.admin_models import models
 from cli.bench import bench
+from cli.bench.poll_cost import bench_poll
 from cli.demo import demo
 from cli.doctor import doctor
 from cli.modelling import evaluate, synth, train
@@ -45,6 +46,7 @@ for command in (
     train,
     evaluate,
     bench,
+    bench_poll,
     quality_eval,
 ):
     cli.add_command(command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -547,3 +548,28 @@ def test_a_worker_that_exits_at_start_fails_the_stage_at_once(tmp_path: Path) ->
     with pytest.raises(click.ClickException, match="the worker exited at start"):
         servers.wait_worker_ready(exited, "e2e")
     assert time.monotonic() - started < 5, "not after the 300 s readiness timeout"
+
+
+@pytest.mark.slow
+def test_bench_poll_reports_the_servers_own_time_for_each_batch_size(
+    postgres_server_url: str, redis_url: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETINAQ_")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "cli", "bench-poll", "--rows", "50,400", "--requests", "5"],
+        env={
+            **env,
+            "RETINAQ_BENCH_DATABASE_URL": postgres_server_url,
+            "RETINAQ_BENCH_BROKER_URL": redis_url,
+        },
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = [line for line in completed.stdout.splitlines() if "rows: server wall" in line]
+    assert [line.split()[0] for line in lines] == ["50", "400"]
+    for line in lines:
+        wall_p50, wall_p99, cpu_p50 = (float(x) for x in re.findall(r"([\d.]+) ms", line))
+        assert 0 < cpu_p50 and 0 < wall_p50 <= wall_p99, line

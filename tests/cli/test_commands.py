@@ -31,6 +31,8 @@ SUBCOMMANDS = (
     "synth",
     "train",
     "bench",
+    "bench-poll",
+    "export",
     "quality-eval",
     "evaluate",
 )
