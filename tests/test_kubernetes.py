@@ -23,8 +23,18 @@ import pytest
 import redis
 import yaml
 from flask import Flask
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.hooks.hosts import is_loopback
+from common.db.tables import (
+    FINISHED_BATCH_STATES,
+    PENDING_IMAGE_STATES,
+    Batch,
+    BatchState,
+    Image,
+    ImageState,
+)
 from common.queue import make_celery, send_grading, send_heatmap_task
 from common.settings import Settings
 from tests.support import DATA_DIR, REPO_ROOT
@@ -234,7 +244,8 @@ def test_keda_objects_are_valid_for_kedas_crds(kustomization: Path) -> None:
     assert sorted(o["kind"] for o in objects) == [
         "ScaledObject",
         "ScaledObject",
-        "TriggerAuthentication",
+        "TriggerAuthentication",  # PostgreSQL
+        "TriggerAuthentication",  # Redis
     ]
     for obj in objects:
         assert _crd_errors(obj) == [], obj["metadata"]["name"]
@@ -593,8 +604,7 @@ def test_keda_watches_the_queues_the_workers_consume() -> None:
     database_index = broker_url.rsplit("/", 1)[1]
     auth_secret = _one("Secret", "retinaq-keda-redis")["stringData"]
     for name, queue in queues.items():
-        [trigger] = _triggers(name)
-        assert trigger["type"] == "redis"
+        [trigger] = [t for t in _triggers(name) if t["type"] == "redis"]
         assert trigger["metadata"]["listName"] == queue
         assert trigger["metadata"]["databaseIndex"] == database_index
         assert trigger["metadata"]["activationListLength"] == "0", "wakes on the first task"
@@ -604,6 +614,41 @@ def test_keda_watches_the_queues_the_workers_consume() -> None:
             assert reference["key"] in auth_secret
         # The same server as the broker URL: host and port, as KEDA's scaler wants them.
         assert broker_url.rsplit("@", 1)[1].startswith(auth_secret["address"] + "/")
+
+
+def test_grading_workers_also_scale_on_the_images_postgresql_says_are_waiting(
+    submit: Callable, fundus_jpeg: Callable[..., bytes], sessions: sessionmaker[Session]
+) -> None:
+    """KEDA's query, run on the real schema, says what a count over the images says."""
+    [trigger] = [t for t in _triggers("retinaq-grading-worker") if t["type"] == "postgresql"]
+    auth = _one("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    [reference] = auth["spec"]["secretTargetRef"]
+    assert reference["parameter"] == "connection"
+    assert reference["key"] in _one("Secret", reference["name"])["stringData"]
+    assert trigger["metadata"]["activationTargetQueryValue"] == "0", "wakes on the first image"
+    assert int(trigger["metadata"]["targetQueryValue"]) > 0
+    _, ids = submit([(fundus_jpeg(seed=i, size=64), f"{i}.jpg") for i in range(5)])
+    done, _ = submit([(fundus_jpeg(seed=10, size=64), "done.jpg")])
+    with sessions.begin() as session:
+        session.execute(update(Image).where(Image.id == ids[0]).values(state=ImageState.GRADED))
+        session.execute(update(Image).where(Image.id == ids[1]).values(state=ImageState.PROCESSING))
+        session.execute(
+            update(Batch)
+            .where(Batch.id == uuid.UUID(done["id"]))
+            .values(state=BatchState.CANCELLED)
+        )
+    with sessions() as session:
+        waiting = session.scalar(text(trigger["metadata"]["query"]))
+        counted = session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .join(Batch, Batch.id == Image.batch_id)
+            .where(
+                Image.state.in_(PENDING_IMAGE_STATES),
+                Batch.state.not_in(FINISHED_BATCH_STATES),
+            )
+        )
+    assert waiting == counted == 4
 
 
 @pytest.fixture
