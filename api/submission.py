@@ -13,7 +13,13 @@ from werkzeug.datastructures import FileStorage
 from api.hooks.request_ids import current_request_id
 from api.quotas import enforce_quotas
 from api.state import ApiState
-from api.uploads import ImageMetadata, display_filename, match_metadata
+from api.uploads import (
+    NO_METADATA,
+    ImageMetadata,
+    display_filename,
+    match_metadata,
+    with_dicom_header,
+)
 from common.db.tables import Batch, Image, ImageState, utcnow
 from common.ids import uuid7
 from common.queue import send_grading
@@ -41,13 +47,16 @@ def record_images(
     now = utcnow()
     enforce_quotas(session, state.settings, batch.programme_id, len(files), now)
     spools = _spools(files)
+    facts = [
+        with_dicom_header(matched.get(name, NO_METADATA), spool)
+        for spool, name in zip(spools, names, strict=True)
+    ]
     store = state.store
     store.sync(spools)  # the slow part (fsync, or the upload to S3), before any lock
     # Worker log lines about these images name the upload that sent them.
     request_id = current_request_id()
     rows: list[dict[str, Any]] = []
-    for spool, name in zip(spools, names, strict=True):
-        facts = matched.get(name, ImageMetadata(None, None))
+    for spool, name, fact in zip(spools, names, facts, strict=True):
         rows.append(
             {
                 "id": uuid7(),
@@ -57,8 +66,11 @@ def record_images(
                 "storage_path": store.relative_path(spool.sha256),
                 "size_bytes": spool.size,
                 "filename": name,
-                "patient_id": facts.patient_id,
-                "laterality": facts.laterality,
+                "patient_id": fact.patient_id,
+                "laterality": fact.laterality,
+                "study_instance_uid": fact.study_instance_uid,
+                "study_date": fact.study_date,
+                "device": fact.device,
                 "request_id": request_id,
                 "state": ImageState.QUEUED,
                 "attempts": 0,

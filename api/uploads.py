@@ -4,7 +4,8 @@ Werkzeug asks the request for a file object per uploaded part; ours writes into 
 temporary file in the store's spool folder (inside the folder of a file store, so placing
 it is a rename; a local folder for an S3 store, from which it is sent), so an image is never
 held whole in memory. Each image keeps the path its client sent, relative to the folder
-submitted (``common.filenames``), and metadata rows are matched against it.
+submitted (``common.filenames``), and metadata rows are matched against it. A DICOM file's
+header fills in what its metadata row does not say (:func:`with_dicom_header`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from typing import IO, Any
 
 from flask import Request, current_app
@@ -21,6 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from api.errors import ApiError, echo_client_values
+from common.dicom_header import read_header
 from common.filenames import relative_path, resolve_rows
 from common.storage.base import HashingSpool, ObjectStore
 
@@ -92,10 +95,38 @@ def _multipart_problem(exc: ValueError) -> str:
 
 @dataclass(frozen=True)
 class ImageMetadata:
-    """Per-image facts a programme may attach through the metadata CSV."""
+    """Per-image facts a programme may attach through the metadata CSV, or that a DICOM
+    file's header gives (the study and camera only ever come from a header)."""
 
     patient_id: str | None
     laterality: str | None
+    study_instance_uid: str | None = None
+    study_date: date | None = None
+    device: str | None = None
+
+
+NO_METADATA = ImageMetadata(None, None)
+
+
+def with_dicom_header(facts: ImageMetadata, spool: HashingSpool) -> ImageMetadata:
+    """``facts`` completed from the spooled file's DICOM header: the CSV wins where both
+    say something. Any other file, or a header that cannot be read, adds nothing.
+
+    Only the header is read (never the pixel data), and no value of it is logged.
+    """
+    spool.flush()  # read through a handle of our own, leaving the spool's position alone
+    with spool.path.open("rb") as stream:
+        header = read_header(stream)
+    if header is None:
+        return facts
+    return replace(
+        facts,
+        patient_id=facts.patient_id or header.patient_id,
+        laterality=facts.laterality or header.laterality,
+        study_instance_uid=header.study_instance_uid,
+        study_date=header.study_date,
+        device=header.device,
+    )
 
 
 def display_filename(raw: str | None) -> str:
