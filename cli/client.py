@@ -25,6 +25,7 @@ import httpx
 
 from cli.csv_export import RESULT_COLUMNS, flatten_result, metadata_csv, write_results_csv
 from cli.retries import RetryPolicy, describe, is_transient, retry_after_seconds
+from common.dicom_header import MAGIC, PREAMBLE, is_dicom
 from common.filenames import relative_path, resolve_rows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
@@ -68,6 +69,8 @@ def find_images(paths: list[Path]) -> list[ImageFile]:
     """Image files given directly (named by name) or found in folders (by path inside them).
 
     Paths keep folder-per-patient trees apart: ``P001/left.jpg`` is not ``P002/left.jpg``.
+    DICOM media (a CD or export from a PACS) name their files without a suffix
+    (``IM000001``), so a suffixless file in a folder is taken when it is DICOM by content.
     """
     found: list[ImageFile] = []
     for path in paths:
@@ -75,13 +78,22 @@ def find_images(paths: list[Path]) -> list[ImageFile]:
             found.extend(
                 ImageFile(p, relative_path(p.relative_to(path).as_posix()))
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                if p.is_file() and _is_image_file(p)
             )
         elif path.is_file():
             found.append(ImageFile(path, relative_path(path.name)))
         else:
             raise FileNotFoundError(f"{path} does not exist")
     return found
+
+
+def _is_image_file(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix or path.name.upper() == "DICOMDIR":  # the media's index, not a photograph
+        return False
+    with path.open("rb") as fh:
+        return is_dicom(fh.read(PREAMBLE + len(MAGIC)))
 
 
 def metadata_rows(csv_path: Path | None) -> dict[str, dict[str, str]]:
