@@ -25,6 +25,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
@@ -125,7 +126,7 @@ def dicom_bytes(
         elif syntax == JPEG2000 and samples == 3:
             ds.PhotometricInterpretation = "YBR_ICT"
         ds.LossyImageCompression = "00" if syntax == JPEG2000Lossless else "01"
-    elif syntax == JPEGLosslessSV1:
+    elif syntax in _GDCM_SYNTAXES:
         ds.PixelData = pixels.tobytes()
         ds = _gdcm_transcoded(ds, syntax)
     else:
@@ -157,8 +158,15 @@ def _pillow_encoded(frame: np.ndarray, syntax: str) -> bytes:
     return buffer.getvalue()
 
 
+_GDCM_SYNTAXES = {
+    JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+    JPEGLSLossless: gdcm.TransferSyntax.JPEGLSLossless,
+}
+
+
 def _gdcm_transcoded(ds: Dataset, syntax: str) -> Dataset:
-    """``ds`` (uncompressed) re-encoded by GDCM: pydicom has no JPEG lossless encoder."""
+    """``ds`` (uncompressed) re-encoded by GDCM: pydicom has no JPEG lossless encoder, and
+    its JPEG-LS one needs a package the worker does not."""
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder, "in.dcm"), Path(folder, "out.dcm")
         ds.save_as(source, enforce_file_format=True)
@@ -167,7 +175,7 @@ def _gdcm_transcoded(ds: Dataset, syntax: str) -> Dataset:
         if not reader.Read():
             raise RuntimeError("GDCM could not read the uncompressed file")
         change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetTransferSyntax(gdcm.TransferSyntax(_GDCM_SYNTAXES[syntax]))
         change.SetInput(reader.GetImage())
         if not change.Change():
             raise RuntimeError(f"GDCM could not encode {syntax}")
@@ -178,6 +186,22 @@ def _gdcm_transcoded(ds: Dataset, syntax: str) -> Dataset:
         if not writer.Write():
             raise RuntimeError("GDCM could not write the encoded file")
         return dcmread(target)
+
+
+def imageless_bytes() -> bytes:
+    """A DICOM file that holds no picture (as a structured report or a DICOMDIR)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SR"
+    ds.PatientID = "DCM-PATIENT-0042"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def unsupported_syntax_bytes(image: Image.Image) -> bytes:

@@ -17,11 +17,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+# pydicom validates a value when it is first read and warns, to the ``pydicom`` logger, with
+# the value in the message: a patient's ID in a worker's log. The pixels need none of that.
+config.settings.reading_validation_mode = config.IGNORE
 
 # What pydicom leaves in these interpretations after decoding (it converts YBR_FULL and
 # YBR_FULL_422 to RGB; a JPEG 2000 decoder undoes YBR_ICT and YBR_RCT), and the PIL mode.
@@ -90,7 +95,13 @@ def frame_header(data: bytes) -> DicomFrame:
 def first_frame(data: bytes, frame: DicomFrame) -> Image.Image:
     """Decode the first frame (8-bit ``L`` or ``RGB``), whatever its encoding and depth."""
     try:
-        array = pixel_array(io.BytesIO(data), index=0)
+        if frame.header.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+            # Read from a file, pydicom would take the deflated bytes for the data set
+            # itself; the parsed data set inflates them (a copy bounded by the upload limit).
+            array = pixel_array(dcmread(io.BytesIO(data)), index=0)
+        else:
+            # From a file, pydicom reads the first frame's bytes alone.
+            array = pixel_array(io.BytesIO(data), index=0)
     except Exception as exc:  # untrusted bytes: any decoder failure means damaged data
         raise DicomPixelError("corrupt_image", f"the DICOM pixel data is damaged: {exc}") from exc
     header = frame.header

@@ -11,19 +11,21 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
 )
 
 from common.imaging.decode import ImageDecodeError, decode_image
 from common.imaging.pixel_budget import PixelBudget
 from lab.synthetic import generate_fundus
-from tests.dicom_files import dicom_bytes, unsupported_syntax_bytes
+from tests.dicom_files import dicom_bytes, imageless_bytes, unsupported_syntax_bytes
 
 LIMIT = 50_000_000
 FUNDUS = generate_fundus(2, seed=11, size=256)
@@ -31,8 +33,10 @@ LOSSLESS = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
     RLELossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     JPEG2000Lossless,
 )
 # Mean absolute difference per channel a lossy codec may leave at these settings.
@@ -109,8 +113,9 @@ def test_draft_size_reduces_as_for_other_formats() -> None:
         (dicom_bytes(FUNDUS, JPEGBaseline8Bit)[:2000], "corrupt_image"),
         (dicom_bytes(Image.new("RGB", (16, 16)), ExplicitVRLittleEndian), "too_small"),
         (b"\x00" * 128 + b"DICM" + b"\x00" * 40, "corrupt_image"),
+        (imageless_bytes(), "not_an_image"),
     ],
-    ids=["mpeg4", "bomb", "truncated", "16x16", "magic-only"],
+    ids=["mpeg4", "bomb", "truncated", "16x16", "magic-only", "report"],
 )
 def test_undecodable_dicom_gets_a_specific_code(data: bytes, code: str) -> None:
     with pytest.raises(ImageDecodeError) as info:
