@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -132,3 +133,21 @@ def test_a_bomb_over_the_budget_is_refused_and_the_budget_left_whole() -> None:
     assert image.size == FUNDUS.size
     assert budget.in_use == 0
     assert budget.peak == 256 * 256
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "JPEG2000"])
+def test_a_codestream_larger_than_its_header_is_refused_before_decoding(fmt: str) -> None:
+    # The decoders size their output from the codestream: a 64 x 64 header over a
+    # 4,000 x 4,000 frame would be decoded whole before the mismatch showed.
+    syntax = JPEGBaseline8Bit if fmt == "JPEG" else JPEG2000Lossless
+    ds = dcmread(io.BytesIO(dicom_bytes(Image.new("RGB", (64, 64)), syntax)))
+    codestream = io.BytesIO()
+    options = {"no_jp2": True} if fmt == "JPEG2000" else {}
+    Image.new("RGB", (4000, 4000)).save(codestream, format=fmt, **options)
+    ds.PixelData = encapsulate([codestream.getvalue()])
+    data = io.BytesIO()
+    ds.save_as(data, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data.getvalue(), max_pixels=LIMIT)
+    assert info.value.code == "corrupt_image"
+    assert "declares 4000x4000, the header 64x64" in info.value.message
