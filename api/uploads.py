@@ -215,13 +215,16 @@ def _metadata_row(
     return {filename: ImageMetadata(patient_id, laterality)}
 
 
-def uploaded_images(request: Request, max_files: int) -> list[FileStorage]:
-    """The ``images`` parts of a multipart request, validated for count and presence."""
+def uploaded_images(
+    request: Request, max_files: int, *, creating: bool = False
+) -> list[FileStorage]:
+    """The ``images`` parts of a multipart request, validated for count and presence;
+    ``creating`` (a new batch) also admits the batch's own ``callback_url``."""
     if request.mimetype != "multipart/form-data":
         raise ApiError(
             415, "unsupported_media_type", "send images as multipart/form-data 'images' parts"
         )
-    _refuse_unknown_or_repeated_parts(request)
+    _refuse_unknown_or_repeated_parts(request, _CREATE_FIELD_PARTS if creating else _FIELD_PARTS)
     files = request.files.getlist("images")
     if not files:
         raise ApiError(422, "no_images", "the request has no 'images' file parts")
@@ -250,18 +253,20 @@ def uploaded_metadata(request: Request, max_bytes: int) -> dict[str, ImageMetada
 
 _FILE_PARTS = frozenset({"images", "metadata"})
 _FIELD_PARTS = frozenset({"metadata", "reference", "explain"})
+# A batch's callback URL is given when it is created, never by a request adding images.
+_CREATE_FIELD_PARTS = _FIELD_PARTS | {"callback_url"}
 
 
-def _refuse_unknown_or_repeated_parts(request: Request) -> None:
+def _refuse_unknown_or_repeated_parts(request: Request, fields: frozenset[str]) -> None:
     """422 for parts the API does not know (a misspelt ``image`` would be lost) and for a
     second metadata part (which of the two would apply?)."""
-    unknown = sorted((set(request.files) - _FILE_PARTS) | (set(request.form) - _FIELD_PARTS))
+    unknown = sorted((set(request.files) - _FILE_PARTS) | (set(request.form) - fields))
     if unknown:
+        known = ", ".join(["images", *sorted(fields)])
         raise ApiError(
             422,
             "unknown_fields",
-            f"unknown part(s) {echo_client_values(unknown)}; send images, metadata, "
-            "reference and explain",
+            f"unknown part(s) {echo_client_values(unknown)}; send only {known}",
         )
     if len(request.files.getlist("metadata")) + len(request.form.getlist("metadata")) > 1:
         raise ApiError(422, "duplicate_field", "send one metadata part")

@@ -152,7 +152,7 @@ def create_batch() -> Response:
     if request.mimetype == "application/json":
         return _create_open_batch()
     state = api_state()
-    files = uploaded_images(request, state.settings.max_files_per_request)
+    files = uploaded_images(request, state.settings.max_files_per_request, creating=True)
     metadata = uploaded_metadata(request, state.settings.max_metadata_bytes)
     session = db_session()
     now = utcnow()

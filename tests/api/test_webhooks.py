@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from api import uploads
 from common.db.tables import Batch, Programme, WebhookAttempt, WebhookDelivery, WebhookState, utcnow
 from common.lifecycle.progress import settle_batch
 from common.webhooks.programmes import configure_webhook
@@ -33,10 +32,6 @@ def _open(client: FlaskClient, auth: dict[str, str], url: str) -> TestResponse:
     return client.post("/v1/batches", headers=auth, json={"open": True, "callback_url": url})
 
 
-@pytest.mark.skipif(
-    "callback_url" not in uploads._FIELD_PARTS,
-    reason="api/uploads.py does not accept a callback_url form part yet",
-)
 def test_a_closed_batch_keeps_its_callback_url(
     client: FlaskClient,
     auth: dict[str, str],
@@ -187,3 +182,18 @@ def test_settling_twice_records_one_completion(
         settle_batch(session, batch_id)
     with sessions() as session:
         assert len(session.scalars(select(WebhookDelivery)).all()) == 1
+
+
+def test_a_request_adding_images_cannot_set_the_batchs_callback_url(
+    client: FlaskClient,
+    auth: dict[str, str],
+    sessions: sessionmaker[Session],
+    fundus_jpeg: Callable[..., bytes],
+) -> None:
+    _enable(sessions)
+    opened = _open(client, auth, HOOK).get_json()
+    data = {"images": [(io.BytesIO(fundus_jpeg()), "a.jpg")], "callback_url": HOOK}
+    response = client.post(opened["links"]["add_images"], headers=auth, data=data)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "unknown_fields"
+    assert "callback_url" in response.get_json()["error"]["message"]
