@@ -87,8 +87,8 @@ class OpenBatchRequest(_Closed):
     )
 
 
-class BatchUpload(BaseModel):
-    """A closed batch (or images for an open one) as ``multipart/form-data`` parts."""
+class ImagesUpload(BaseModel):
+    """Images for an open batch as ``multipart/form-data`` parts."""
 
     images: list[bytes] = Field(
         description="One part per image (JPEG, PNG or DICOM), its filename the path relative "
@@ -102,6 +102,11 @@ class BatchUpload(BaseModel):
         description="CSV with the columns filename, patient_id, laterality (L/R), as a file "
         "part or a plain field.",
     )
+
+
+class BatchUpload(ImagesUpload):
+    """A closed batch, graded at once, as ``multipart/form-data`` parts."""
+
     reference: Reference | None = None
     explain: Literal["true", "false"] | None = None
     callback_url: str | None = Field(

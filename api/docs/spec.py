@@ -31,7 +31,7 @@ from spectree.models import SecureType, SecuritySchemeData
 from spectree.plugins.base import Context
 from spectree.plugins.flask_plugin import FlaskPlugin
 
-from api.docs.schemas import MAX_REFERENCE_LENGTH, BatchUpload, Error
+from api.docs.schemas import MAX_REFERENCE_LENGTH, Error
 from api.errors import ApiError, echo_client_values
 from api.hooks.json_bodies import json_object
 from api.state import api_state
@@ -162,7 +162,7 @@ class Extras:
 
     statuses: dict[int, type[BaseModel] | Body]
     errors: tuple[int, ...]
-    multipart: bool
+    multipart: type[BaseModel] | None
     headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -214,7 +214,7 @@ def operation(
     errors: Sequence[int] = (),
     query: type[BaseModel] | None = None,
     json: type[BaseModel] | None = None,
-    multipart: bool = False,
+    multipart: type[BaseModel] | None = None,
     headers: dict[int, tuple[str, ...]] | None = None,
     tag: str,
 ) -> Callable[[F], F]:
@@ -259,9 +259,7 @@ def _error_ref() -> dict[str, Any]:
 
 def _complete(document: dict[str, Any]) -> dict[str, Any]:
     """Add what spectree leaves out: errors, headers, non-JSON bodies, uploads."""
-    upload = api_spec.naming_strategy(BatchUpload)
     schemas = document["components"]["schemas"]
-    schemas[upload] = BatchUpload.model_json_schema(ref_template="#/components/schemas/{model}")
     error = Error.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.setdefault(api_spec.naming_strategy(Error), error)
     _lift_definitions(schemas)
@@ -269,7 +267,7 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
     for path_item in document["paths"].values():
         for method, op in path_item.items():
             extras = _extras[op["operationId"]]
-            _complete_operation(method, op, extras, upload, schemas)
+            _complete_operation(method, op, extras, schemas)
     return document
 
 
@@ -295,7 +293,7 @@ def _schema(schema: dict[str, Any] | type[BaseModel], schemas: dict[str, Any]) -
 
 
 def _complete_operation(
-    method: str, op: dict[str, Any], extras: Extras, upload: str, schemas: dict[str, Any]
+    method: str, op: dict[str, Any], extras: Extras, schemas: dict[str, Any]
 ) -> None:
     op["parameters"].append(
         {
@@ -344,6 +342,6 @@ def _complete_operation(
     if extras.multipart:
         content = op.setdefault("requestBody", {"required": True}).setdefault("content", {})
         content["multipart/form-data"] = {
-            "schema": {"$ref": f"#/components/schemas/{upload}"},
+            "schema": _schema(extras.multipart, schemas),
             "encoding": {"images": {"contentType": "image/jpeg, image/png, application/dicom"}},
         }

@@ -14,8 +14,10 @@ from api.docs.schemas import (
     BatchBrief,
     BatchList,
     BatchStatus,
+    BatchUpload,
     DeleteQuery,
     ImageList,
+    ImagesUpload,
     OpenBatchRequest,
     PageQuery,
     PatientList,
@@ -142,7 +144,7 @@ def _created(body: dict[str, Any], status: int, batch: Batch) -> Response:
 @operation(
     tag="batches",
     json=OpenBatchRequest,
-    multipart=True,
+    multipart=BatchUpload,
     responses={201: BatchBrief, 202: BatchBrief},
     errors=(400, 409, 413, 415, 422, 429),
     headers={201: ("Location",), 202: ("Location",)},
@@ -198,7 +200,7 @@ def _create_open_batch() -> Response:
 @bp.post("/batches/<uuid:batch_id>/images")
 @operation(
     tag="batches",
-    multipart=True,
+    multipart=ImagesUpload,
     responses={202: BatchAdded},
     errors=(400, 404, 409, 413, 415, 422, 429),
     headers={202: ("Location",)},

@@ -94,6 +94,14 @@ def test_every_operation_declares_its_errors_and_headers(document: dict[str, Any
     create = document["paths"]["/v1/batches"]["post"]
     assert set(create["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert "Location" in create["responses"]["202"]["headers"]
+    schemas = document["components"]["schemas"]
+
+    def upload_fields(path: str) -> set[str]:
+        ref = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        return set(schemas[ref["schema"]["$ref"].rsplit("/", 1)[1]]["properties"])
+
+    assert "callback_url" in upload_fields("/v1/batches")
+    assert upload_fields("/v1/batches/{batch_id}/images") == {"images", "metadata"}
     listing = document["paths"]["/v1/batches/{batch_id}/results"]["get"]
     assert {p["name"] for p in listing["parameters"] if p["in"] == "query"} == {"limit", "cursor"}
     assert {p["name"] for p in listing["parameters"] if p["in"] == "path"} == {"batch_id"}
