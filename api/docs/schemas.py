@@ -108,7 +108,10 @@ class BatchUpload(ImagesUpload):
     """A closed batch, graded at once, as ``multipart/form-data`` parts."""
 
     reference: Reference | None = None
-    explain: Literal["true", "false"] | None = None
+    explain: str | None = Field(
+        default=None,
+        description="true/false, 1/0 or yes/no: a heat map for every gradable image.",
+    )
     callback_url: str | None = Field(
         default=None, description="As in the JSON body: where webhook events go."
     )
