@@ -231,6 +231,9 @@ class ImageRecord(_Closed):
     size_bytes: int
     patient_id: str | None
     laterality: Literal["L", "R"] | None
+    study_instance_uid: str | None = Field(description="From a DICOM header, if any.")
+    study_date: str | None = Field(description="From a DICOM header (YYYY-MM-DD), if any.")
+    device: str | None = Field(description="Camera maker and model, from a DICOM header.")
     state: ImageState
     attempts: int
     error: ImageError | None

@@ -104,6 +104,10 @@ def image_record(image: Image) -> dict[str, Any]:
         "size_bytes": image.size_bytes,
         "patient_id": image.patient_id,
         "laterality": image.laterality,
+        # From a DICOM header, when the image was one and the metadata CSV did not say.
+        "study_instance_uid": image.study_instance_uid,
+        "study_date": image.study_date.isoformat() if image.study_date else None,
+        "device": image.device,
         "state": image.state.value,
         "attempts": image.attempts,
         "error": error,

@@ -104,6 +104,9 @@ def test_dicom_in_every_supported_syntax_is_graded_with_its_header_metadata(
         ).all()
         ids = list(session.scalars(select(Image.id)))
     assert stored == [(STUDY_UID, date(2026, 3, 14), "Topcon TRC-NW400")]
+    assert {
+        (row["study_instance_uid"], row["study_date"], row["device"]) for row in listed.values()
+    } == {(STUDY_UID, "2026-03-14", "Topcon TRC-NW400")}, "the client sees them too"
 
     report = grade_images(runtime, ids)
     assert (report.graded + report.ungradable, report.failed) == (len(SYNTAXES) + 1, 2)
