@@ -33,6 +33,8 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
         ("192.0.0.0/24", "IETF protocol assignments (cloud metadata)"),
         ("198.18.0.0/15", "benchmarking"),
         ("fd00:ec2::254/128", "cloud metadata"),
+        # Deprecated, yet still routed inside the networks that use it; is_global says yes.
+        ("fec0::/10", "site-local"),
         ("64:ff9b:1::/48", "local-use NAT64"),
     )
 )

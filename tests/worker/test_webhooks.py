@@ -486,3 +486,39 @@ def test_https_to_the_pinned_address_names_the_host_and_verifies_its_certificate
     assert attempt.error_code == "connect_error"
     assert "CERTIFICATE_VERIFY_FAILED" in (attempt.error_message or "")
     assert server_names == ["receiver.example"]
+
+
+def test_a_receiver_trickling_its_answer_loses_the_attempt_at_the_deadline(
+    webhook_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Each byte of the status line comes well within httpx's per-read timeout, so only a
+    deadline kept by the socket itself ends the attempt (a slow-loris receiver)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    _, delivery_id, _ = _completed_batch(sessions, url)
+    quick = webhook_settings.model_copy(update={"webhook_timeout_s": 1.5})
+    started = time.monotonic()
+    try:
+        assert deliver(_runtime(quick, sessions), delivery_id) == "pending"
+    finally:
+        stop.set()
+        server.close()
+    assert time.monotonic() - started < 4, "the deadline, not the trickle, ended it"
+    [attempt] = _attempts(sessions, delivery_id)
+    assert (attempt.status_code, attempt.error_code) == (None, "timeout")

@@ -8,14 +8,22 @@ address between check and connect. Redirects are not followed: a 3xx is a failed
 (following one would reach an unchecked address). Environment proxies are ignored, the
 whole attempt has one deadline, and at most :data:`MAX_RESPONSE_BYTES` of the answer are
 read.
+
+The deadline is kept by the sockets themselves (:class:`_DeadlineBackend`): every connect,
+TLS handshake, read and write is given at most the time left, so a receiver that trickles
+its status line a byte every few seconds (each read within httpx's per-read timeout) still
+loses the attempt at the deadline instead of holding a delivery thread for days.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+import httpcore
 import httpx
 
 from common.db.tables import utcnow
@@ -70,6 +78,7 @@ def post_event(
     deadline = clock + settings.webhook_timeout_s
     try:
         with httpx.Client(
+            transport=_deadline_transport(deadline),
             timeout=httpx.Timeout(settings.webhook_timeout_s),
             follow_redirects=False,
             trust_env=False,
@@ -108,6 +117,90 @@ def post_event(
             "set the callback URL to the final address",
         )
     return outcome(status, "http_status", f"HTTP {status}")
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation gets at most the time left before the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, error: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error("the attempt's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own sockets, each wrapped in a :class:`_DeadlineStream`."""
+
+    def __init__(self, deadline: float) -> None:
+        self._sockets = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("the attempt's deadline passed")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = self._sockets.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("webhooks are sent over TCP only")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _deadline_transport(deadline: float) -> httpx.HTTPTransport:
+    """httpx's transport on a pool whose sockets keep ``deadline``. httpx offers no
+    network-backend argument, so its pool is replaced by an equal one that has ours (one
+    connection: an attempt makes one request)."""
+    transport = httpx.HTTPTransport(retries=0, trust_env=False)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=1,
+        network_backend=_DeadlineBackend(deadline),
+    )
+    return transport
 
 
 class _DeadlinePassed(Exception):

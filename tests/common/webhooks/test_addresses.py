@@ -27,6 +27,7 @@ REFUSED = [
     ("169.254.169.254", "link-local (cloud metadata)"),
     ("169.254.0.1", "link-local (cloud metadata)"),
     ("fe80::1", "link-local"),
+    ("fec0::1", "site-local"),
     ("fd00:ec2::254", "cloud metadata"),
     ("192.0.0.192", "IETF protocol assignments (cloud metadata)"),
     ("100.64.0.1", "carrier-grade NAT"),
