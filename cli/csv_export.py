@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.spreadsheet import FORMULA_TRIGGERS, SpreadsheetWriter, neutralise
+from common.spreadsheet import FORMULA_TRIGGERS, RESULT_COLUMNS, SpreadsheetWriter, neutralise
 
 __all__ = [
     "FORMULA_TRIGGERS",
@@ -34,27 +34,6 @@ __all__ = [
 ]
 
 METADATA_COLUMNS = ("filename", "patient_id", "laterality")
-RESULT_COLUMNS = (
-    "image_id",
-    "filename",
-    "patient_id",
-    "laterality",
-    "state",
-    "gradable",
-    "ungradable_reasons",
-    "grade",
-    "grade_name",
-    "expected_grade",
-    "referable",
-    "referable_threshold",
-    "confidence",
-    "model_name",
-    "model_version",
-    "model_sha256",
-    "preprocessing_version",
-    "error_code",
-    "error_message",
-)
 
 
 def write_spreadsheet_csv(

@@ -17,6 +17,29 @@ import re
 from collections.abc import Iterable
 from typing import IO, Any
 
+# The results CSV's columns, the same whether the CLI or the API writes it (the API adds
+# the programme's scheme columns after them).
+RESULT_COLUMNS = (
+    "image_id",
+    "filename",
+    "patient_id",
+    "laterality",
+    "state",
+    "gradable",
+    "ungradable_reasons",
+    "grade",
+    "grade_name",
+    "expected_grade",
+    "referable",
+    "referable_threshold",
+    "confidence",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "preprocessing_version",
+    "error_code",
+    "error_message",
+)
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 

@@ -15,29 +15,8 @@ from typing import Any
 from common.db.tables import Image, Result
 from common.screening.patients import PatientOutcome
 from common.screening.schemes import MACULOPATHY_NOT_ASSESSED, GradingScheme
-from common.spreadsheet import SpreadsheetWriter
+from common.spreadsheet import RESULT_COLUMNS, SpreadsheetWriter
 
-RESULT_COLUMNS = (
-    "image_id",
-    "filename",
-    "patient_id",
-    "laterality",
-    "state",
-    "gradable",
-    "ungradable_reasons",
-    "grade",
-    "grade_name",
-    "expected_grade",
-    "referable",
-    "referable_threshold",
-    "confidence",
-    "model_name",
-    "model_version",
-    "model_sha256",
-    "preprocessing_version",
-    "error_code",
-    "error_message",
-)
 SCHEME_COLUMNS = (
     "scheme",
     "scheme_code",

@@ -80,7 +80,7 @@ def frame_header(data: bytes) -> DicomFrame:
         raise DicomPixelError("corrupt_image", "the DICOM file names no transfer syntax")
     try:
         decoder = get_decoder(syntax)
-    except NotImplementedError:
+    except NotImplementedError:  # pydicom's answer for a syntax it has no decoder for at all
         decoder = None
     if decoder is None or not decoder.is_available:
         raise DicomPixelError(
