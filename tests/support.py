@@ -14,13 +14,14 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,3 +525,26 @@ def stored_files(store: Any) -> list[str]:
 def temporaries(store: Any) -> list[str]:
     """Spools, staged uploads and trash a store holds (none once every request has ended)."""
     return [name for name in stored_files(store) if name.startswith(("tmp/", "trash/", "spool/"))]
+
+
+def log_tails(log_dir: Path, chars: int = 3000) -> str:
+    """The end of every ``*.log`` in ``log_dir``, each under its name: for a failure message."""
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
+        for p in sorted(log_dir.glob("*.log"))
+    )
+
+
+def stop_process_groups(processes: Iterable[subprocess.Popen], timeout: float = 30) -> None:
+    """SIGTERM each live process's group, then SIGKILL any group still there after
+    ``timeout``: servers started with ``start_new_session``, children and all."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

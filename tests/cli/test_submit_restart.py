@@ -33,7 +33,14 @@ from cli.journal import JOURNAL_NAME
 from common.db.tables import Image, Result
 from lab.synthetic import generate_fundus
 from tests.dicom_files import dicom_bytes
-from tests.support import REPO_ROOT, free_port, wait_batch_finished, wait_for
+from tests.support import (
+    REPO_ROOT,
+    free_port,
+    log_tails,
+    stop_process_groups,
+    wait_batch_finished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,21 +96,10 @@ class RestartableStack:
         self.processes["api"].wait(timeout=20)
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted(self.log_dir.glob("*.log"))
-        )
+        return log_tails(self.log_dir)
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_groups(self.processes.values())
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,10 @@ from tests.support import (
     PrivatePostgres,
     PrivateRedis,
     free_port,
+    log_tails,
     run_private_postgres,
     run_private_redis,
+    stop_process_groups,
     wait_for,
 )
 
@@ -113,21 +115,10 @@ class Stack:
         self._spawn("reconciler", ["reconcile"])
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted(self.log_dir.glob("*.log"))
-        )
+        return log_tails(self.log_dir)
 
     def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_groups(self.processes.values())
 
 
 @pytest.fixture
